@@ -1,0 +1,116 @@
+"""The model config: every BERT-architecture size a checkpoint's config states, validated on creation.
+
+Nothing here assumes the 24-grid: head size is hidden/heads (not always 64), intermediate is whatever
+the config says, and the activation keeps the meaning of the file it came from (Google's `gelu` is
+the tanh approximation; Hugging Face's `gelu` is the exact erf form and `gelu_new` the tanh form).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+from edgebert.errors import ConfigError
+from edgebert.variants import MAX_POSITIONS, TYPE_VOCAB_SIZE, VOCAB_SIZE, Variant
+
+
+class Activation(str, Enum):
+    GELU_TANH = "gelu_tanh"
+    GELU_ERF = "gelu_erf"
+    RELU = "relu"
+
+
+# Each flavour's names for its activations. Google's modeling.py implements "gelu" with tanh.
+_GOOGLE_ACTIVATIONS = {"gelu": Activation.GELU_TANH, "relu": Activation.RELU}
+_HF_ACTIVATIONS = {"gelu": Activation.GELU_ERF, "gelu_new": Activation.GELU_TANH,
+                   "gelu_pytorch_tanh": Activation.GELU_TANH, "gelu_fast": Activation.GELU_TANH,
+                   "relu": Activation.RELU}
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int = MAX_POSITIONS
+    type_vocab_size: int = TYPE_VOCAB_SIZE
+    activation: Activation = Activation.GELU_TANH
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self):
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                      "max_positions", "type_vocab_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        object.__setattr__(self, "activation", Activation(self.activation))
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_variant(cls, variant: Variant, vocab_size: int = VOCAB_SIZE) -> "BertConfig":
+        return cls(vocab_size=vocab_size, hidden_size=variant.hidden, num_layers=variant.layers,
+                   num_heads=variant.heads, intermediate_size=variant.intermediate)
+
+    @classmethod
+    def from_json_file(cls, path: Path, flavour: str) -> "BertConfig":
+        """Read Google's `bert_config.json` (flavour "google") or Hugging Face's `config.json` ("hf")."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config file not found", path) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"not a readable JSON config ({error})", path) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("config is not a JSON object", path)
+        if flavour == "hf" and raw.get("model_type", "bert") != "bert":
+            raise ConfigError(f"model_type is {raw.get('model_type')!r}, not 'bert'", path)
+        names = _GOOGLE_ACTIVATIONS if flavour == "google" else _HF_ACTIVATIONS
+        act_name = raw.get("hidden_act", "gelu")
+        if act_name not in names:
+            raise ConfigError(f"unsupported hidden_act {act_name!r} (supported: {', '.join(names)})", path)
+        try:
+            return cls(
+                vocab_size=raw["vocab_size"],
+                hidden_size=raw["hidden_size"],
+                num_layers=raw["num_hidden_layers"],
+                num_heads=raw["num_attention_heads"],
+                intermediate_size=raw["intermediate_size"],
+                max_positions=raw.get("max_position_embeddings", MAX_POSITIONS),
+                type_vocab_size=raw.get("type_vocab_size", TYPE_VOCAB_SIZE),
+                activation=names[act_name],
+                layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
+            )
+        except KeyError as missing:
+            raise ConfigError(f"missing key {missing.args[0]!r}", path) from None
+        except ConfigError as error:
+            raise ConfigError(error.problem, path) from None
+
+    def to_google_json(self) -> dict:
+        """The dict Google's release writes as `bert_config.json`."""
+        if self.activation is Activation.GELU_ERF:
+            raise ConfigError("Google's bert_config.json cannot express the erf GELU")
+        return {
+            "attention_probs_dropout_prob": 0.1,
+            "hidden_act": "gelu" if self.activation is Activation.GELU_TANH else "relu",
+            "hidden_dropout_prob": 0.1,
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_positions,
+            "num_attention_heads": self.num_heads,
+            "num_hidden_layers": self.num_layers,
+            "type_vocab_size": self.type_vocab_size,
+            "vocab_size": self.vocab_size,
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "activation": self.activation.value, "head_size": self.head_size}

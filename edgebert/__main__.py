@@ -1,0 +1,3 @@
+from edgebert.cli import main
+
+main()
