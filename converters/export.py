@@ -1,0 +1,91 @@
+"""TFLite export: one Keras BERT -> `.tflite` bytes, with the quantization mode as a closed choice.
+
+Builtin ops only, always: a model that needs Flex ops would not load in the stock interpreter on a
+phone, so the converter is told to fail rather than fall back.
+"""
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from typing import Callable, Iterable
+
+import numpy as np
+
+from converters.model import INPUT_NAMES
+from converters.tf_import import tf, tf_keras
+from edgebert.errors import ConversionError, UsageError
+
+
+class QuantizeMode(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations: the CPU sweet spot
+    INT8 = "int8"  # full integer, calibrated: for NPUs/DSPs; slower than dynamic int8 on CPU
+
+    @classmethod
+    def parse(cls, text: str) -> "QuantizeMode":
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"unknown quantization mode {text!r} "
+                             f"(choose from {', '.join(m.value for m in cls)})") from None
+
+
+class Compat(str, Enum):
+    """Targets older than the converter. tflite-runtime 2.14 cannot load FULLY_CONNECTED version 12,
+    which per-channel dynamic int8 produces; per-tensor quantization of dense layers avoids it."""
+    TFLITE_RUNTIME_2_14 = "tflite-runtime-2.14"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Compat | None":
+        if text is None:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"unknown compat target {text!r} (choose from {', '.join(c.value for c in cls)})") from None
+
+
+def serving_function(model: tf_keras.Model, seq_len: int | None):
+    """A concrete function over named int32 [1, S] inputs: named TensorSpecs are what give the
+    `serving_default` signature its input names."""
+    specs = [tf.TensorSpec([1, seq_len], tf.int32, name=name) for name in INPUT_NAMES]
+
+    @tf.function(input_signature=specs)
+    def serve(input_ids, attention_mask, token_type_ids):
+        return model({"input_ids": input_ids, "attention_mask": attention_mask,
+                      "token_type_ids": token_type_ids}, training=False)
+
+    return serve.get_concrete_function()
+
+
+def export_tflite(model: tf_keras.Model, seq_len: int | None, mode: QuantizeMode,
+                  calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+                  compat: Compat | None = None) -> bytes:
+    """Convert to TFLite. `calibration` yields input dicts of real tokenized text (int8 only)."""
+    if compat is Compat.TFLITE_RUNTIME_2_14 and mode is not QuantizeMode.DYNAMIC_INT8:
+        raise UsageError(f"--compat {compat.value} only changes dynamic-int8 models; "
+                         f"{mode.value} already loads in tflite-runtime 2.14")
+    function = serving_function(model, seq_len)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode is QuantizeMode.FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode is QuantizeMode.DYNAMIC_INT8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if compat is Compat.TFLITE_RUNTIME_2_14:
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    elif mode is QuantizeMode.INT8:
+        if calibration is None:
+            raise UsageError("int8 needs calibration text (real sentences, never random ids)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        with warnings.catch_warnings():  # int8 calibration runs TF's own, deprecated, interpreter
+            warnings.simplefilter("ignore")
+            return converter.convert()
+    except Exception as error:  # the converter raises a zoo of types; all mean "could not convert"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"TFLite conversion ({mode.value}) failed: {first_line}") from error

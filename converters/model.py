@@ -1,0 +1,192 @@
+"""BERT as a tf_keras functional model, written to export cleanly to builtin TFLite ops.
+
+Read bottom-up: embeddings, one attention step, the encoder layer, then the model. Every Dense layer is
+a top-level layer of the functional graph (not hidden inside a custom layer) so that
+tensorflow-model-optimization can wrap them for pruning with `clone_model`. The few custom layers hold
+no trainable matrices. Shapes: B batch, S sequence, H hidden, N heads, D head size (H = N * D).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from converters.config import Activation, BertConfig
+from converters.tf_import import tf, tf_keras
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+MASKED_SCORE = -10000.0  # what Google's modeling.py adds to scores of padding positions
+
+
+def _activation(kind: Activation):
+    if kind is Activation.RELU:
+        return tf.nn.relu
+    approximate = kind is Activation.GELU_TANH
+    return lambda x: tf.nn.gelu(x, approximate=approximate)  # both become the builtin GELU op
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class PositionEmbedding(tf_keras.layers.Layer):
+    """Adds the first S rows of the learned position table to the token embeddings."""
+
+    def __init__(self, max_positions: int, hidden: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_positions, self.hidden = max_positions, hidden
+
+    def build(self, input_shape):
+        self.table = self.add_weight("embeddings", shape=(self.max_positions, self.hidden))
+
+    def call(self, embeddings):  # (B, S, H)
+        seq_len = tf.shape(embeddings)[1]
+        return embeddings + tf.slice(self.table, [0, 0], [seq_len, self.hidden])[None]  # (B, S, H)
+
+    def get_config(self):
+        return {**super().get_config(), "max_positions": self.max_positions, "hidden": self.hidden}
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class AttentionMaskBias(tf_keras.layers.Layer):
+    """Turns the 0/1 attention mask into an additive bias over the key positions."""
+
+    def call(self, attention_mask):  # (B, S) int32
+        bias = (1.0 - tf.cast(attention_mask, tf.float32)) * MASKED_SCORE  # (B, S)
+        # tf.reshape, not mask[:, None, None, :]: the strided-slice form needs a Flex op.
+        return tf.reshape(bias, [-1, 1, 1, tf.shape(bias)[1]])  # (B, 1, 1, S)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class ScaledDotProductAttention(tf_keras.layers.Layer):
+    """softmax(Q K^T / sqrt(D) + mask) V over N heads; the projections are Dense layers outside."""
+
+    def __init__(self, num_heads: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+
+    def _split_heads(self, x, head_size):  # (B, S, H)
+        shape = tf.shape(x)
+        x = tf.reshape(x, [shape[0], shape[1], self.num_heads, head_size])  # (B, S, N, D)
+        return tf.transpose(x, [0, 2, 1, 3])  # (B, N, S, D)
+
+    def call(self, query, key, value, mask_bias):
+        head_size = query.shape[-1] // self.num_heads
+        q = self._split_heads(query * (1.0 / math.sqrt(head_size)), head_size)  # (B, N, S, D)
+        k = self._split_heads(key, head_size)  # (B, N, S, D)
+        v = self._split_heads(value, head_size)  # (B, N, S, D)
+        scores = tf.matmul(q, k, transpose_b=True) + mask_bias  # (B, N, S, S)
+        context = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # (B, N, S, D)
+        context = tf.transpose(context, [0, 2, 1, 3])  # (B, S, N, D)
+        shape = tf.shape(context)
+        return tf.reshape(context, [shape[0], shape[1], self.num_heads * head_size])  # (B, S, H)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads}
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class FirstToken(tf_keras.layers.Layer):
+    """The [CLS] position, which the pooler reads."""
+
+    def call(self, sequence):  # (B, S, H)
+        return sequence[:, 0, :]  # (B, H)
+
+
+def _layer_norm(config: BertConfig, name: str):
+    return tf_keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
+
+
+def encoder_layer(x, mask_bias, config: BertConfig, index: int):
+    """One transformer layer (post-LayerNorm, as in BERT)."""
+    p = f"layer_{index}"
+    dense = tf_keras.layers.Dense
+    query = dense(config.hidden_size, name=f"{p}_query")(x)  # (B, S, H)
+    key = dense(config.hidden_size, name=f"{p}_key")(x)  # (B, S, H)
+    value = dense(config.hidden_size, name=f"{p}_value")(x)  # (B, S, H)
+    context = ScaledDotProductAttention(config.num_heads, name=f"{p}_attention")(query, key, value, mask_bias)
+    attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, S, H)
+    x = _layer_norm(config, f"{p}_attention_layer_norm")(x + attended)  # (B, S, H)
+    inner = dense(config.intermediate_size, activation=_activation(config.activation),
+                  name=f"{p}_intermediate")(x)  # (B, S, I)
+    out = dense(config.hidden_size, name=f"{p}_output")(inner)  # (B, S, H)
+    return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, S, H)
+
+
+def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0) -> tf_keras.Model:
+    """The encoder (outputs `sequence_output`, `pooled_output`), or with num_labels a classifier
+    (output `logits`). seq_len None builds a model for any length up to max_positions."""
+    inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
+    words = tf_keras.layers.Embedding(config.vocab_size, config.hidden_size,
+                                      name="word_embeddings")(inputs["input_ids"])  # (B, S, H)
+    types = tf_keras.layers.Embedding(config.type_vocab_size, config.hidden_size,
+                                      name="token_type_embeddings")(inputs["token_type_ids"])  # (B, S, H)
+    x = PositionEmbedding(config.max_positions, config.hidden_size, name="position_embeddings")(words + types)
+    x = _layer_norm(config, "embeddings_layer_norm")(x)  # (B, S, H)
+    mask_bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
+    for index in range(config.num_layers):
+        x = encoder_layer(x, mask_bias, config, index)
+    pooled = tf_keras.layers.Dense(config.hidden_size, activation="tanh",
+                                   name="pooler")(FirstToken(name="first_token")(x))  # (B, H)
+    if num_labels:
+        logits = tf_keras.layers.Dense(num_labels, name="classifier")(pooled)  # (B, num_labels)
+        return tf_keras.Model(inputs, {"logits": logits}, name="bert_classifier")
+    return tf_keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name="bert_encoder")
+
+
+def google_names(config: BertConfig, num_labels: int = 0) -> dict[str, list[str]]:
+    """Keras layer name -> the Google variables behind its weights, in `layer.weights` order."""
+    dense = lambda scope: [f"{scope}/kernel", f"{scope}/bias"]  # noqa: E731
+    norm = lambda scope: [f"{scope}/gamma", f"{scope}/beta"]  # noqa: E731
+    names = {
+        "word_embeddings": ["bert/embeddings/word_embeddings"],
+        "token_type_embeddings": ["bert/embeddings/token_type_embeddings"],
+        "position_embeddings": ["bert/embeddings/position_embeddings"],
+        "embeddings_layer_norm": norm("bert/embeddings/LayerNorm"),
+        "pooler": dense("bert/pooler/dense"),
+    }
+    for index in range(config.num_layers):
+        g, p = f"bert/encoder/layer_{index}", f"layer_{index}"
+        names.update({
+            f"{p}_query": dense(f"{g}/attention/self/query"),
+            f"{p}_key": dense(f"{g}/attention/self/key"),
+            f"{p}_value": dense(f"{g}/attention/self/value"),
+            f"{p}_attention_output": dense(f"{g}/attention/output/dense"),
+            f"{p}_attention_layer_norm": norm(f"{g}/attention/output/LayerNorm"),
+            f"{p}_intermediate": dense(f"{g}/intermediate/dense"),
+            f"{p}_output": dense(f"{g}/output/dense"),
+            f"{p}_output_layer_norm": norm(f"{g}/output/LayerNorm"),
+        })
+    if num_labels:
+        names["classifier"] = ["output_weights", "output_bias"]
+    return names
+
+
+def keras_value(google_name: str, value: np.ndarray) -> np.ndarray:
+    """run_classifier stores its head as [labels, hidden]; Dense wants [hidden, labels]."""
+    return value.T if google_name == "output_weights" else value
+
+
+def set_google_weights(model: tf_keras.Model, config: BertConfig, weights: dict[str, np.ndarray],
+                       num_labels: int = 0, source: str | None = None) -> list[str]:
+    """Load every weight of the model from Google-named arrays, checking each shape. Returns the
+    checkpoint variables the model does not use (pre-training heads, optimizer slots), which are
+    reported, not fatal. A missing variable or a wrong shape raises ConfigError naming both."""
+    from edgebert.errors import ConfigError
+
+    used = set()
+    for layer_name, variable_names in google_names(config, num_labels).items():
+        layer = model.get_layer(layer_name)
+        values = []
+        for variable, name in zip(layer.weights, variable_names):
+            if name not in weights:
+                raise ConfigError(f"checkpoint has no variable {name!r}, which the config "
+                                  f"({config.num_layers} layers, hidden {config.hidden_size}) needs", source)
+            value = keras_value(name, weights[name])
+            if tuple(value.shape) != tuple(variable.shape):
+                expected = tuple(variable.shape)[::-1] if name == "output_weights" else tuple(variable.shape)
+                raise ConfigError(f"variable {name!r} has shape {list(weights[name].shape)} but the config "
+                                  f"implies {list(expected)} (does bert_config.json match the weights?)", source)
+            values.append(value.astype(np.float32))
+            used.add(name)
+        if len(values) != len(layer.weights):
+            raise ConfigError(f"layer {layer_name} has {len(layer.weights)} weights, mapped {len(values)}", source)
+        layer.set_weights(values)
+    return sorted(set(weights) - used)

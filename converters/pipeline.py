@@ -1,0 +1,262 @@
+"""`convert()`: source -> Keras float model -> TFLite -> validation -> bundle, one stage per step.
+
+The float Keras model is the reference every export is checked against; nothing is written unless the
+export passes its mode's thresholds.
+"""
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from converters.export import Compat, QuantizeMode, export_tflite
+from converters.quiet import native_output_silenced
+from converters.sources import Source, load_source
+from converters.validate import check_thresholds, compare_outputs
+from edgebert import __version__, bundle, samples, tokenizer as tokenization
+from edgebert.errors import SourceError, UsageError
+from edgebert.interpreter import SIGNATURE, TFLiteModel
+
+GOLDEN_SENTENCES, GOLDEN_PAIRS = 4, 1
+
+
+class Head(str, Enum):
+    AUTO = "auto"  # classifier when the checkpoint has one, else encoder
+    ENCODER = "encoder"
+    CLASSIFIER = "classifier"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    quantize: QuantizeMode = QuantizeMode.DYNAMIC_INT8
+    seq_len: int | None = 128  # None: dynamic length
+    head: Head = Head.AUTO
+    compat: Compat | None = None
+    calibration_file: Path | None = None  # int8: sentences, one per line (default: samples/)
+    calibration_size: int = 100
+    validation_size: int = 32
+    lowercase: bool | None = None  # None: follow the checkpoint
+    labels: tuple[str, ...] = ()
+    force: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
+        object.__setattr__(self, "head", Head(self.head))
+        if self.seq_len is not None and not 3 <= self.seq_len:
+            raise UsageError(f"--seq-len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
+        if self.calibration_size < 1 or self.validation_size < 1:
+            raise UsageError("calibration and validation sizes must be at least 1")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    bundle_dir: Path
+    manifest: dict
+    seconds: float
+
+
+def parse_seq_len(text: str) -> int | None:
+    if str(text).lower() == "dynamic":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--seq-len must be a number or 'dynamic', got {text!r}") from None
+
+
+def bundle_tokenizer(source: Source, seq_len: int | None):
+    """The bundle's tokenizer, always rebuilt from the vocab so it behaves exactly like BERT's reference
+    WordPiece (a Hugging Face tokenizer.json only contributes its vocab)."""
+    vocab = source.vocab
+    if vocab is None:
+        loaded = tokenization.load_tokenizer(source.tokenizer_json)
+        by_id = sorted(loaded.get_vocab().items(), key=lambda item: item[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise SourceError("tokenizer vocabulary ids are not contiguous", source.tokenizer_json)
+        vocab = [token for token, _ in by_id]
+    if len(vocab) != source.config.vocab_size:
+        raise SourceError(f"tokenizer has {len(vocab)} tokens, config says {source.config.vocab_size}", source.path)
+    return tokenization.build_tokenizer(vocab, lowercase=source.lowercase, seq_len=seq_len)
+
+
+def _resolve_head(source: Source, head: Head) -> int:
+    if head is Head.CLASSIFIER and not source.num_labels:
+        raise UsageError(f"{source.path}: has no classifier head (output_weights/output_bias or classifier.*); "
+                         "use --head encoder")
+    return 0 if head is Head.ENCODER else source.num_labels
+
+
+def _labels(source: Source, options: ConvertOptions, num_labels: int) -> list[str]:
+    labels = list(options.labels) or source.labels or [str(i) for i in range(num_labels)]
+    if num_labels and len(labels) != num_labels:
+        raise UsageError(f"--labels names {len(labels)} labels but the classifier has {num_labels}")
+    return labels if num_labels else []
+
+
+def _texts(limit: int, path: Path | None = None) -> list:
+    """Real text for calibration and validation: sentences and some sentence pairs."""
+    pairs = [] if path else samples.load_pairs(limit=max(1, limit // 4))
+    return samples.load_sentences(path, limit=limit - len(pairs)) + pairs
+
+
+def _encode_each(tokenizer, texts: list, seq_len: int | None) -> list[dict[str, np.ndarray]]:
+    """One [1, S] input dict per text (dynamic models see each text at its own length)."""
+    return [tokenization.encode(tokenizer, [text], seq_len) for text in texts]
+
+
+def validate_export(keras_model, tflite: TFLiteModel, inputs, mode: QuantizeMode) -> dict:
+    """Compare example by example (dynamic models see each text at its own length), then merge."""
+    per_example = []
+    for example in inputs:
+        expected = {name: value.numpy() for name, value in keras_model(example, training=False).items()}
+        per_example.append(compare_outputs(expected, tflite(**example), example["attention_mask"]))
+    outputs = _merge_reports(per_example)
+    return {"examples": len(inputs), "outputs": outputs, "thresholds": check_thresholds(outputs, mode),
+            "passed": True}
+
+
+def _merge_reports(reports: list[dict]) -> dict:
+    merged = {}
+    for name in reports[0]:
+        values = [r[name] for r in reports]
+        merged[name] = {"max_abs_diff": max(v["max_abs_diff"] for v in values),
+                        "mean_abs_diff": float(np.mean([v["mean_abs_diff"] for v in values])),
+                        "min_cosine": min(v["min_cosine"] for v in values),
+                        "mean_cosine": float(np.mean([v["mean_cosine"] for v in values]))}
+        if "argmax_agreement" in values[0]:
+            merged[name]["argmax_agreement"] = float(np.mean([v["argmax_agreement"] for v in values]))
+    return merged
+
+
+def golden_examples(tflite: TFLiteModel, tokenizer, seq_len: int | None, mode: QuantizeMode) -> dict:
+    """A few texts with their ids and the exported model's own outputs, for checks on the device."""
+    texts = samples.load_sentences(limit=GOLDEN_SENTENCES) + samples.load_pairs(limit=GOLDEN_PAIRS)
+    examples = []
+    for text in texts:
+        encoded = tokenization.encode(tokenizer, [text], seq_len)
+        outputs = tflite(**encoded)
+        record = {"text": text} if isinstance(text, str) else {"text": text[0], "text_pair": text[1]}
+        record.update({name: encoded[name][0].tolist() for name in ("input_ids", "attention_mask", "token_type_ids")})
+        length = int(encoded["attention_mask"].sum())
+        record["outputs"] = {name: _golden_value(name, value, length) for name, value in outputs.items()}
+        examples.append(record)
+    return {"signature": SIGNATURE, "tolerance": {"min_cosine": 0.999 if mode is not QuantizeMode.INT8 else 0.99},
+            "examples": examples}
+
+
+def _golden_value(name: str, value: np.ndarray, length: int) -> list:
+    # A full sequence output is S x H floats per text; its first and mean token rows pin it down.
+    if name == "sequence_output":
+        return {"first_token": value[0, 0].tolist(), "mean_token": value[0, :length].mean(0).tolist()}
+    return value[0].tolist()
+
+
+def _tool_versions() -> dict:
+    import tokenizers
+
+    from converters.tf_import import tf, tf_keras
+    return {"edgebert": __version__, "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+            "numpy": np.__version__, "tokenizers": tokenizers.__version__, "python": platform.python_version()}
+
+
+def _io_contract(seq_len: int | None, config, num_labels: int) -> dict:
+    shape = [1, seq_len if seq_len else -1]
+    inputs = [{"name": name, "dtype": "int32", "shape": shape}
+              for name in ("input_ids", "attention_mask", "token_type_ids")]
+    if num_labels:
+        outputs = [{"name": "logits", "dtype": "float32", "shape": [1, num_labels]}]
+    else:
+        outputs = [{"name": "sequence_output", "dtype": "float32", "shape": [*shape, config.hidden_size]},
+                   {"name": "pooled_output", "dtype": "float32", "shape": [1, config.hidden_size]}]
+    return {"signature": SIGNATURE, "inputs": inputs, "outputs": outputs}
+
+
+def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions(),
+            log: Callable[[str], None] = lambda message: None, source: Source | None = None) -> ConversionResult:
+    """Convert a checkpoint into a validated bundle at out_dir (atomically; nothing on failure)."""
+    from converters.model import build_bert, set_google_weights
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    bundle.check_output_dir(out_dir, options.force)
+    if source is None:
+        log(f"reading {source_path}")
+        source = load_source(source_path, options.lowercase)
+    config, seq_len, mode = source.config, options.seq_len, options.quantize
+    if seq_len is not None and seq_len > config.max_positions:
+        raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_positions} positions")
+    num_labels = _resolve_head(source, options.head)
+    labels = _labels(source, options, num_labels)
+    tokenizer = bundle_tokenizer(source, seq_len)
+
+    log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size})")
+    model = build_bert(config, seq_len, num_labels)
+    unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
+
+    calibration = None
+    if mode is QuantizeMode.INT8:
+        calibration_inputs = _encode_each(tokenizer, _texts(options.calibration_size, options.calibration_file),
+                                          seq_len)
+        calibration = lambda: iter(calibration_inputs)  # noqa: E731
+    log(f"exporting {mode.value} (seq len {seq_len or 'dynamic'})")
+    with native_output_silenced():
+        model_bytes = export_tflite(model, seq_len, mode, calibration, options.compat)
+
+    log("validating against the float model")
+    validation_inputs = _encode_each(tokenizer, _texts(options.validation_size), seq_len)
+    with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
+        model_path = Path(scratch) / bundle.MODEL_FILE
+        model_path.write_bytes(model_bytes)
+        tflite = TFLiteModel(model_path)
+        validation = validate_export(model, tflite, validation_inputs, mode)
+        golden = golden_examples(tflite, tokenizer, seq_len, mode)
+        ops = tflite.op_names()
+        runtime = tflite.runtime.describe()
+
+    files = {bundle.MODEL_FILE: model_bytes,
+             bundle.TOKENIZER_FILE: tokenizer.to_str(pretty=True).encode("utf-8"),
+             bundle.GOLDEN_FILE: bundle.to_json_bytes(golden)}
+    variant = source.variant
+    manifest = {
+        "schema_version": bundle.MANIFEST_SCHEMA_VERSION,
+        "name": out_dir.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"path": str(source.path), "kind": source.kind, "sha256": source.sha256,
+                   "variant": variant.name if variant else None, "random_weights": source.random_weights,
+                   "unused_variables": unused},
+        "model": config.to_dict(),
+        "head": "classifier" if num_labels else "encoder",
+        "labels": labels,
+        "recipe": {"quantize": mode.value, "seq_len": seq_len or "dynamic",
+                   "compat": options.compat.value if options.compat else None,
+                   "calibration": (str(options.calibration_file or "samples/") if mode is QuantizeMode.INT8 else None)},
+        "io": _io_contract(seq_len, config, num_labels),
+        "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size},
+        "ops": ops,
+        "validation": {**validation, "runtime": runtime},
+        "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},
+        "files": {name: {"bytes": len(data), "sha256": bundle.sha256_bytes(data)} for name, data in files.items()},
+        "tools": _tool_versions(),
+    }
+    files[bundle.MANIFEST_FILE] = bundle.to_json_bytes(manifest)
+    log(f"writing {out_dir}")
+    bundle.write_directory_atomically(out_dir, files, force=options.force)
+    return ConversionResult(out_dir, manifest, time.perf_counter() - started)
+
+
+def describe_validation(manifest: dict) -> str:
+    """One line per output: the figures a person checks first."""
+    parts = []
+    for name, entry in manifest["validation"]["outputs"].items():
+        text = f"{name}: min cos {entry['min_cosine']:.6f}, max |diff| {entry['max_abs_diff']:.3g}"
+        if "argmax_agreement" in entry:
+            text += f", argmax agreement {entry['argmax_agreement']:.1%}"
+        parts.append(text)
+    return "; ".join(parts)
+

@@ -1,0 +1,76 @@
+"""Validation of an export against the float Keras model: measured figures and thresholds that fail.
+
+Each quantization mode has its own thresholds. A miss raises ValidationError carrying the figure and
+the threshold, and the conversion leaves no bundle behind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from converters.export import QuantizeMode
+from edgebert.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_cosine: float  # worst example's cosine, per output (encoder outputs and logits)
+    min_agreement: float  # share of examples whose classifier argmax matches the float model
+
+
+THRESHOLDS = {
+    QuantizeMode.FLOAT32: Thresholds(min_cosine=0.99999, min_agreement=1.0),
+    QuantizeMode.FLOAT16: Thresholds(min_cosine=0.999, min_agreement=0.95),
+    QuantizeMode.DYNAMIC_INT8: Thresholds(min_cosine=0.99, min_agreement=0.9),
+    QuantizeMode.INT8: Thresholds(min_cosine=0.95, min_agreement=0.8),
+}
+# The pooled output is what downstream classifiers read: dynamic int8 must keep it at 0.999.
+POOLED_MIN_COSINE = {QuantizeMode.FLOAT32: 0.99999, QuantizeMode.FLOAT16: 0.999,
+                     QuantizeMode.DYNAMIC_INT8: 0.999, QuantizeMode.INT8: 0.98}
+
+
+def _cosines(expected: np.ndarray, actual: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Cosine per example; for sequence outputs, over the real (unpadded) tokens only."""
+    if mask is not None:
+        keep = mask[..., None].astype(bool)
+        expected, actual = np.where(keep, expected, 0.0), np.where(keep, actual, 0.0)
+    e = expected.reshape(len(expected), -1).astype(np.float64)
+    a = actual.reshape(len(actual), -1).astype(np.float64)
+    norms = np.linalg.norm(e, axis=1) * np.linalg.norm(a, axis=1)
+    return np.where(norms > 0, (e * a).sum(1) / np.maximum(norms, 1e-30), 1.0)
+
+
+def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray],
+                    attention_mask: np.ndarray) -> dict[str, dict]:
+    """Per output: max and mean absolute difference, worst and mean cosine (and argmax agreement for
+    logits). Outputs are [N, ...] arrays over the same N examples."""
+    report = {}
+    for name, want in expected.items():
+        got = actual[name]
+        mask = attention_mask if name == "sequence_output" else None
+        cosines = _cosines(want, got, mask)
+        diff = np.abs(want - got) if mask is None else np.abs(want - got)[attention_mask.astype(bool)]
+        entry = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                 "min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean())}
+        if name == "logits":
+            entry["argmax_agreement"] = float((want.argmax(-1) == got.argmax(-1)).mean())
+        report[name] = entry
+    return report
+
+
+def check_thresholds(report: dict[str, dict], mode: QuantizeMode) -> dict:
+    """Raise ValidationError on the first miss; return the thresholds applied (for the manifest)."""
+    limits = THRESHOLDS[mode]
+    applied = {}
+    for name, entry in report.items():
+        floor = POOLED_MIN_COSINE[mode] if name == "pooled_output" else limits.min_cosine
+        applied[name] = {"min_cosine": floor}
+        if entry["min_cosine"] < floor:
+            raise ValidationError(f"{name} min cosine vs float ({mode.value})", entry["min_cosine"], floor)
+        if "argmax_agreement" in entry:
+            applied[name]["argmax_agreement"] = limits.min_agreement
+            if entry["argmax_agreement"] < limits.min_agreement:
+                raise ValidationError(f"{name} argmax agreement vs float ({mode.value})",
+                                      entry["argmax_agreement"], limits.min_agreement)
+    return applied
