@@ -162,7 +162,15 @@ def read_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError) as error:
+        raise SourceError(f"corrupt checkpoint index ({_first_line(error)})", index) from None
+    data = sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    try:
         return {name: reader.get_tensor(name) for name, dtype in sorted(dtypes.items()) if dtype.is_floating}
-    except (tf.errors.OpError, ValueError, IndexError) as error:  # IndexError: a truncated data file
-        message = getattr(error, "message", str(error)).strip().splitlines()[0]
-        raise SourceError(f"corrupt or truncated checkpoint ({message})", index) from None
+    except (tf.errors.OpError, ValueError, IndexError) as error:  # IndexError: a short data file
+        raise SourceError(f"corrupt or truncated checkpoint data ({_first_line(error)})",
+                          data[0] if len(data) == 1 else prefix.parent) from None
+
+
+def _first_line(error: Exception) -> str:
+    return getattr(error, "message", str(error)).strip().splitlines()[0]

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from converters.export import Compat, QuantizeMode, export_tflite
-from converters.quiet import native_output_silenced
+from edgebert.quiet import native_output_silenced
 from converters.sources import Source, load_source
 from converters.validate import check_thresholds, compare_outputs
 from edgebert import __version__, bundle, samples, tokenizer as tokenization
@@ -95,7 +95,7 @@ def _resolve_head(source: Source, head: Head) -> int:
 def _labels(source: Source, options: ConvertOptions, num_labels: int) -> list[str]:
     labels = list(options.labels) or source.labels or [str(i) for i in range(num_labels)]
     if num_labels and len(labels) != num_labels:
-        raise UsageError(f"--labels names {len(labels)} labels but the classifier has {num_labels}")
+        raise UsageError(f"--labels names {len(labels)} labels but the classifier in {source.path} has {num_labels}")
     return labels if num_labels else []
 
 
@@ -178,8 +178,10 @@ def _io_contract(seq_len: int | None, config, num_labels: int) -> dict:
 
 
 def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions(),
-            log: Callable[[str], None] = lambda message: None, source: Source | None = None) -> ConversionResult:
-    """Convert a checkpoint into a validated bundle at out_dir (atomically; nothing on failure)."""
+            log: Callable[[str], None] = lambda message: None, source: Source | None = None,
+            fetch_progress=None) -> ConversionResult:
+    """Convert a checkpoint into a validated bundle at out_dir (atomically; nothing on failure).
+    `fetch_progress(done, total)` reports the download when source_path is a variant name."""
     from converters.model import build_bert, set_google_weights
 
     started = time.perf_counter()
@@ -187,7 +189,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     bundle.check_output_dir(out_dir, options.force)
     if source is None:
         log(f"reading {source_path}")
-        source = load_source(source_path, options.lowercase)
+        source = load_source(source_path, options.lowercase, fetch_progress=fetch_progress)
     config, seq_len, mode = source.config, options.seq_len, options.quantize
     if seq_len is not None and seq_len > config.max_positions:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_positions} positions")
@@ -195,15 +197,15 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     labels = _labels(source, options, num_labels)
     tokenizer = bundle_tokenizer(source, seq_len)
 
-    log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size})")
-    model = build_bert(config, seq_len, num_labels)
-    unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
-
     calibration = None
-    if mode is QuantizeMode.INT8:
+    if mode is QuantizeMode.INT8:  # read before the slow part, so a bad file fails at once
         calibration_inputs = _encode_each(tokenizer, _texts(options.calibration_size, options.calibration_file),
                                           seq_len)
         calibration = lambda: iter(calibration_inputs)  # noqa: E731
+
+    log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size})")
+    model = build_bert(config, seq_len, num_labels)
+    unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
     log(f"exporting {mode.value} (seq len {seq_len or 'dynamic'})")
     with native_output_silenced():
         model_bytes = export_tflite(model, seq_len, mode, calibration, options.compat)

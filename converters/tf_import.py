@@ -9,8 +9,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+from edgebert.quiet import native_output_silenced  # noqa: E402
+
+with native_output_silenced():
+    import tensorflow as tf
+    import tf_keras
 
 tf.get_logger().setLevel("ERROR")
 

@@ -177,7 +177,8 @@ def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, 
     options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len), head=head,
                              compat=Compat.parse(compat), calibration_file=calibration_file,
                              labels=tuple(labels.split(",")) if labels else (), lowercase=lowercase, force=force)
-    result = run_convert(source, out_dir, options, log=_say)
+    with _ProgressBar(f"downloading {source}") as progress:
+        result = run_convert(source, out_dir, options, log=_say, fetch_progress=progress)
     manifest = result.manifest
     unused = manifest["source"]["unused_variables"]
     if unused:
@@ -193,13 +194,22 @@ def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, 
               help="Where the demo's bundles go (its own bundles there are replaced).")
 @click.option("--variant", default="tiny", show_default=True, help="Shape of the random checkpoint.")
 @click.option("--runs", default=50, show_default=True, help="Timed runs per bundle.")
-def demo(out_dir, variant, runs):
-    """Offline, end to end: a random BERT-Tiny-shaped checkpoint in Google's layout, converted in every
-    mode, validated against the float model, run by the interpreter, and summarised in a table."""
+@click.option("--modes", default="float32,float16,dynamic-int8,int8", show_default=True,
+              help="Comma-separated quantization modes to convert and time.")
+def demo(out_dir, variant, runs, modes):
+    """Offline, end to end: a random BERT-Tiny-shaped checkpoint in Google's layout, converted in each
+    of --modes (all four by default), validated against the float model, run by the interpreter, and
+    summarised in a table."""
+    if runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {runs}")
     _converters_or_exit()
     from converters.demo import format_table, run_demo
+    from converters.export import QuantizeMode
 
-    rows = run_demo(out_dir, variant, runs=runs, log=_say)
+    chosen = [QuantizeMode.parse(part.strip()) for part in modes.split(",") if part.strip()]
+    if not chosen:
+        raise UsageError(f"--modes names no quantization mode (choose from {', '.join(m.value for m in QuantizeMode)})")
+    rows = run_demo(out_dir, variant, modes=tuple(dict.fromkeys(chosen)), runs=runs, log=_say)
     click.echo(format_table(rows))
     click.echo(f"\nbundles in {out_dir}/ (random weights: the figures show fidelity and speed, not accuracy)")
 

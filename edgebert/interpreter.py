@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebert.errors import BundleError, RuntimeNotAvailableError, UsageError
+from edgebert.quiet import native_output_silenced
 
 SIGNATURE = "serving_default"
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
@@ -61,8 +62,10 @@ class TFLiteModel:
             resolver = self.runtime.module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             kwargs["experimental_op_resolver_type"] = resolver
         try:
-            self.interpreter = self.runtime.module.Interpreter(**kwargs)
-            signatures = self.interpreter.get_signature_list()
+            with native_output_silenced():  # LiteRT announces its XNNPACK delegate on stderr
+                self.interpreter = self.runtime.module.Interpreter(**kwargs)
+                signatures = self.interpreter.get_signature_list()
+                self._runner = self.interpreter.get_signature_runner(SIGNATURE) if SIGNATURE in signatures else None
         except (ValueError, RuntimeError) as error:
             raise BundleError(f"not a loadable TFLite model ({str(error).strip().splitlines()[0]})",
                               self.path) from None
@@ -70,11 +73,17 @@ class TFLiteModel:
             raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
         self.input_names = tuple(sorted(signatures[SIGNATURE]["inputs"]))
         self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
-        self._runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self._delegate_applied = False
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         # Fed by name: the interpreter's tensor order is not the signature's.
-        return self._runner(**{name: np.asarray(value, dtype=np.int32) for name, value in inputs.items()})
+        feed = {name: np.asarray(value, dtype=np.int32) for name, value in inputs.items()}
+        if not self._delegate_applied:  # the first call applies XNNPACK, which LiteRT announces
+            with native_output_silenced():
+                outputs = self._runner(**feed)
+            self._delegate_applied = True
+            return outputs
+        return self._runner(**feed)
 
     def run_batch(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run [N, S] inputs one row at a time (the models take batch 1); stack the outputs."""

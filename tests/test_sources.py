@@ -178,7 +178,7 @@ def test_missing_and_truncated_checkpoint_data(tiny_checkpoint, copy_of):
     directory = copy_of(tiny_checkpoint)
     data = directory / "bert_model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    with pytest.raises(SourceError, match=r"bert_model.ckpt.index: corrupt or truncated checkpoint"):
+    with pytest.raises(SourceError, match=r"bert_model.ckpt.data-00000-of-00001: corrupt or truncated checkpoint data"):
         _load(directory)
     data.unlink()
     with pytest.raises(SourceError, match=r"checkpoint data file \(.data-00000-of-00001\) not found"):
@@ -188,7 +188,7 @@ def test_missing_and_truncated_checkpoint_data(tiny_checkpoint, copy_of):
 def test_corrupt_checkpoint_index(tiny_checkpoint, copy_of):
     directory = copy_of(tiny_checkpoint)
     (directory / "bert_model.ckpt.index").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(SourceError, match=r"bert_model.ckpt.index: corrupt or truncated checkpoint"):
+    with pytest.raises(SourceError, match=r"bert_model.ckpt.index: corrupt checkpoint index"):
         _load(directory)
     (directory / "bert_model.ckpt.index").unlink()
     with pytest.raises(SourceError, match=r"no checkpoint found"):

@@ -1,7 +1,9 @@
-"""Keep the TFLite converter's native chatter (MLIR passes, calibration notices) off the terminal.
+"""Keep native libraries' chatter (TensorFlow's start-up, the TFLite converter's passes, LiteRT's
+delegate notice) off the terminal, where it would bury the one line a user needs.
 
-The converter writes from C++ straight to file descriptors 1 and 2, past Python's sys.stdout, so the
+Those libraries write from C++ straight to file descriptors 1 and 2, past Python's sys.stdout, so the
 descriptors themselves are pointed at a scratch file for the duration and restored afterwards.
+Set EDGEBERT_VERBOSE=1 to see everything.
 """
 from __future__ import annotations
 
