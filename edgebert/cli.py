@@ -214,6 +214,13 @@ def demo(out_dir, variant, runs, modes):
     click.echo(f"\nbundles in {out_dir}/ (random weights: the figures show fidelity and speed, not accuracy)")
 
 
+# Commands that live beside their library code. Their modules import nothing heavy at module level,
+# so `edgebert --help` stays fast and TensorFlow-free.
+from edgebert.report_cli import report  # noqa: E402
+cli.add_command(report)
+# (register new commands above this line)
+
+
 def main():
     cli(prog_name="edgebert")
 

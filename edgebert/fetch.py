@@ -212,6 +212,13 @@ def missing_checkpoint_files(directory: str | os.PathLike) -> list[str]:
     return missing
 
 
+def cached_checkpoint(variant: Variant, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The complete checkpoint of `variant` already in the cache, or None (never touches the network)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    extracted = cache / "checkpoints" / variant.name
+    return _complete_checkpoint(extracted) if extracted.is_dir() else None
+
+
 def _complete_checkpoint(root: Path) -> Path | None:
     try:
         directory = find_checkpoint_dir(root)
@@ -245,8 +252,8 @@ def fetch_checkpoint(variant: Variant, *, cache_dir: str | os.PathLike | None = 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     extracted = cache / "checkpoints" / variant.name
     record = source_record_path(variant, cache)
-    if not force and extracted.is_dir():
-        found = _complete_checkpoint(extracted)
+    if not force:
+        found = cached_checkpoint(variant, cache)
         if found is not None:
             return found
 
