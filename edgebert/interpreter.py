@@ -91,6 +91,18 @@ class TFLiteModel:
         outputs = [self(**{name: encoded[name][i:i + 1] for name in self.input_names}) for i in range(rows)]
         return {name: np.concatenate([out[name] for out in outputs]) for name in self.output_names}
 
+    def delegate_partitions(self) -> int | None:
+        """How many partitions of the graph a delegate took over (XNNPACK, the default delegate, is applied
+        lazily by the first call, which replaces each run of nodes it accepts by one DELEGATE node):
+        0 means every operator runs on the builtin kernels. Meaningful after the first call; None when
+        this runtime cannot list its nodes."""
+        try:
+            ops = self.interpreter._get_ops_details()
+        except (AttributeError, ValueError, RuntimeError):
+            return None
+        return sum(op["op_name"] == "DELEGATE" for op in ops)
+
     def op_names(self) -> list[str]:
         """The distinct operators in the graph (to show a model uses builtin ops only)."""
-        return sorted({op["op_name"] for op in self.interpreter._get_ops_details()})
+        # After the first call XNNPACK's DELEGATE nodes stand in the plan for the ops they took over.
+        return sorted({op["op_name"] for op in self.interpreter._get_ops_details()} - {"DELEGATE"})

@@ -11,7 +11,8 @@ One result (one bundle measured in one fresh process) has these keys:
     load_ms, first_inference_ms
     latency_ms {"mean", "std", "min", "p50", "p90", "p99", "max"}  warm runs, warm-up excluded, outliers kept
     throughput_per_s  inferences per second at the mean latency
-    python_overhead_ms  median cost of the Python call path measured on a trivial model, for context
+    python_overhead_ms  median cost of the Python call path (a full call minus a bare native invoke on
+                        the same model and inputs), for context
     memory     {"baseline_rss_mb" (process before loading), "peak_rss_mb", "growth_mb" (peak - baseline)}
     timestamp  ISO 8601 UTC
 A failed measurement is {"bundle": {"path", "name"}, "error": "<one line>"} instead.
@@ -33,6 +34,8 @@ LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
 
 def check_result(result: dict) -> dict:
     """Raise ValueError naming the first missing key; return the result unchanged."""
+    if not isinstance(result, dict):
+        raise ValueError(f"a result is not an object (got {type(result).__name__})")
     if "error" in result:
         if "bundle" not in result:
             raise ValueError("failed result lacks 'bundle'")
@@ -40,6 +43,8 @@ def check_result(result: dict) -> dict:
     for key in RESULT_KEYS:
         if key not in result:
             raise ValueError(f"result lacks {key!r}")
+    if not isinstance(result["latency_ms"], dict):
+        raise ValueError("result latency_ms is not an object")
     for key in LATENCY_KEYS:
         if key not in result["latency_ms"]:
             raise ValueError(f"result latency_ms lacks {key!r}")
@@ -58,6 +63,8 @@ def read_results(path: str | Path) -> dict:
     if not isinstance(data, dict) or data.get("schema") != BENCH_SCHEMA:
         raise BundleError(f"not an edgebert results file (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
                           f"expected {BENCH_SCHEMA!r})", path)
+    if not isinstance(data.get("results", []), list):
+        raise BundleError("'results' is not a list", path)
     try:
         for result in data.get("results", []):
             check_result(result)

@@ -1,0 +1,506 @@
+"""Measure bundles on the device: latency, load time, memory. One result per bundle, per edgebert.results.
+
+`bench_bundle` measures one bundle in the current process. `bench_in_fresh_process` runs it in a new
+Python process (`python -m edgebert.bench '<json options>'`), so every bundle starts from the same clean
+baseline and its memory figures are its own; `bench_many` does that for a list of bundles and returns a
+results file. Nothing here imports TensorFlow (unless runtime="tensorflow" is asked for), and every
+result says whether the process had it loaded (`tensorflow_imported`).
+
+What is measured, in order, in one process:
+
+1. memory baseline: the runtime module is imported first (its import is reported separately as
+   `memory.runtime_import_mb`), then the peak-RSS mark is reset (Linux: "5" written to
+   /proc/self/clear_refs, so VmHWM counts from here) and VmRSS is the baseline. Where /proc is missing
+   (macOS) the baseline and peak are `resource.getrusage().ru_maxrss` (kilobytes on Linux, bytes on
+   macOS), which cannot be reset; `memory.method` says which was used. MB here are 10^6 bytes.
+2. the bundle is read and the inputs prepared: REAL text (samples/sentences.txt, or one sentence per line
+   of `inputs_file`), tokenized with the bundle's own tokenizer.json, one [1, S] input per sentence,
+   cycled run by run (never zeros). A fixed bundle uses its S; a dynamic bundle uses `seq_len` when given
+   (padded to it), else each sentence's own length (`settings.seq_len` is then "dynamic").
+3. `load_ms`: constructing the TFLiteModel (interpreter + signature runner); `first_inference_ms`: the
+   first call, which allocates the tensors and applies XNNPACK.
+4. `warmup` calls (not recorded), then `runs` calls, each timed with perf_counter_ns around
+   `TFLiteModel.__call__` (what an app calling edgebert pays). Stats over all runs, outliers kept:
+   mean, std (sample), min, p50/p90/p99 (numpy's linear percentiles), max; throughput = 1000 / mean.
+5. `python_overhead_ms`: the Python side of that call path. Building a trivial .tflite needs TensorFlow,
+   which the device side may not import, so instead it is measured on the SAME model: up to 20 pairs of
+   (a full `TFLiteModel.__call__`, then a bare `interpreter.invoke()` on the inputs that call just set),
+   timed back to back; the overhead is the median of the per-pair differences (clamped at 0). It covers
+   feeding by name (dtype conversion, resize/allocate checks, set_tensor copies) and copying the outputs
+   out, i.e. everything but the native graph execution. `invoke_p50_ms` is the bare invoke's median.
+6. `xnnpack_applied`: whether the default delegate took any part of the graph, read from the graph
+   itself after the first call: XNNPACK replaces each run of nodes it accepts by a DELEGATE node
+   (`TFLiteModel.delegate_partitions`, also reported as `xnnpack_partitions`). With `xnnpack=False` the
+   interpreter uses the builtin op resolver without default delegates and this is False.
+7. peak RSS (VmHWM) and its growth over the baseline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgebert.errors import BundleError, EdgebertError, UsageError
+from edgebert.results import BENCH_SCHEMA, check_result
+
+DEFAULTS = {"threads": 1, "runs": 50, "warmup": 5, "seq_len": None, "xnnpack": True, "runtime": "auto",
+            "inputs_file": None}
+OVERHEAD_PAIRS = 20
+MB = 1e6
+_RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
+
+
+# --- options and bundles, checked before anything is measured -------------------------------------------
+
+def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, runtime="auto",
+                  inputs_file=None) -> dict:
+    """The options as a plain dict, or a one-line UsageError for a value that cannot work."""
+    def integer(name, value, least):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}")
+    integer("threads", threads, 1)
+    integer("runs", runs, 1)
+    integer("warmup", warmup, 0)
+    if seq_len is not None:
+        integer("seq_len", seq_len, 3)
+    if runtime not in _RUNTIME_CHOICES:
+        raise UsageError(f"unknown runtime {runtime!r} (choose from {', '.join(_RUNTIME_CHOICES)})")
+    return {"threads": threads, "runs": runs, "warmup": warmup, "seq_len": seq_len, "xnnpack": bool(xnnpack),
+            "runtime": runtime, "inputs_file": None if inputs_file is None else os.fspath(inputs_file)}
+
+
+def _manifest_value(bundle, *keys):
+    value = bundle.manifest
+    try:
+        for key in keys:
+            value = value[key]
+    except (KeyError, TypeError, IndexError):
+        raise BundleError(f"manifest lacks {'.'.join(map(str, keys))}", bundle.path / "manifest.json") from None
+    return value
+
+
+def bundle_facts(bundle) -> dict:
+    """The `bundle` block of a result, from the manifest (a manifest missing a key is a BundleError)."""
+    seq_len = _manifest_value(bundle, "recipe", "seq_len")
+    if not (seq_len == "dynamic" or (isinstance(seq_len, int) and seq_len > 0)):
+        raise BundleError(f"manifest recipe.seq_len is {seq_len!r} (expected a length or 'dynamic')",
+                          bundle.path / "manifest.json")
+    source = bundle.manifest.get("source") or {}
+    return {"path": str(Path(bundle.path).resolve()), "name": Path(bundle.path).resolve().name,
+            "model_bytes": bundle.model_path.stat().st_size,
+            "model_sha256": (bundle.manifest.get("files", {}).get("model.tflite") or {}).get("sha256"),
+            "quantize": _manifest_value(bundle, "recipe", "quantize"), "seq_len": seq_len,
+            "head": _manifest_value(bundle, "head"), "variant": source.get("variant"),
+            "layers": _manifest_value(bundle, "model", "num_layers"),
+            "hidden": _manifest_value(bundle, "model", "hidden_size"),
+            "heads": _manifest_value(bundle, "model", "num_heads"),
+            "parameters": (bundle.manifest.get("sizes") or {}).get("parameters"),
+            "random_weights": source.get("random_weights"),
+            "compat": (bundle.manifest.get("recipe") or {}).get("compat")}
+
+
+def resolve_seq_len(bundle, seq_len: int | None) -> int | None:
+    """The length to feed: a fixed bundle's own (a different --seq-len is an error), or for a dynamic
+    bundle the one asked for (None: each sentence's own length)."""
+    fixed = bundle_facts(bundle)["seq_len"]
+    if fixed != "dynamic":
+        if seq_len is not None and seq_len != fixed:
+            raise UsageError(f"bundle has a fixed sequence length of {fixed}; --seq-len {seq_len} needs a bundle "
+                             "converted with --seq-len dynamic", bundle.path)
+        return fixed
+    if seq_len is None:
+        return None
+    limit = min(512, int(_manifest_value(bundle, "model", "max_positions")))
+    if not 3 <= seq_len <= limit:
+        raise UsageError(f"--seq-len {seq_len} is outside 3..{limit} for this model", bundle.path)
+    return seq_len
+
+
+def _open_checked(bundle_dir, options: dict):
+    """Read the bundle and check every option against it, before anything is timed or spawned."""
+    from edgebert.bundle import read_bundle
+    from edgebert.samples import load_sentences
+
+    bundle = read_bundle(bundle_dir)
+    bundle_facts(bundle)
+    length = resolve_seq_len(bundle, options["seq_len"])
+    load_sentences(options["inputs_file"], limit=1)  # a missing or empty file fails here, in one line
+    return bundle, length
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _maxrss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value if sys.platform == "darwin" else value * 1024
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, when the process may write its clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Memory:
+    def __init__(self):
+        self.proc = _proc_status_kb("VmRSS") is not None
+        self.reset = self.proc and _reset_peak()
+        self.baseline = self.current()
+
+    def current(self) -> float | None:
+        kb = _proc_status_kb("VmRSS") if self.proc else None
+        if kb is not None:
+            return kb * 1024 / MB
+        maxrss = _maxrss_bytes()
+        return None if maxrss is None else maxrss / MB
+
+    def peak(self) -> float | None:
+        kb = _proc_status_kb("VmHWM") if self.proc else None
+        if kb is not None:
+            return kb * 1024 / MB
+        maxrss = _maxrss_bytes()
+        return None if maxrss is None else maxrss / MB
+
+    def method(self) -> str:
+        if self.proc:
+            return "VmRSS/VmHWM, peak reset by clear_refs" if self.reset else "VmRSS/VmHWM (peak not resettable)"
+        return "ru_maxrss" if _maxrss_bytes() is not None else "unavailable"
+
+
+# --- one bundle, in this process ------------------------------------------------------------------------
+
+def _ms(ns) -> float:
+    return float(ns) / 1e6
+
+
+def _round(value: float | None, digits: int = 4):
+    return None if value is None else round(float(value), digits)
+
+
+def latency_stats(timings_ms) -> dict:
+    """mean, std (sample), min, p50, p90, p99, max of the runs, outliers kept."""
+    import numpy as np
+
+    values = np.asarray(timings_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"mean": _round(values.mean()), "std": _round(values.std(ddof=1) if len(values) > 1 else 0.0),
+            "min": _round(values.min()), "p50": _round(p50), "p90": _round(p90), "p99": _round(p99),
+            "max": _round(values.max())}
+
+
+def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int):
+    """One feed dict per sentence (int32 [1, S] each), the tokenizer's median time per text, mean tokens."""
+    import numpy as np
+
+    from edgebert import tokenizer as tokenization
+    from edgebert.samples import load_sentences
+
+    tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
+    sentences = load_sentences(inputs_file, limit=max(1, count))
+    feeds, took, tokens = [], [], []
+    for sentence in sentences:
+        start = time.perf_counter_ns()
+        encoded = tokenization.encode(tokenizer, [sentence], seq_len)
+        took.append(time.perf_counter_ns() - start)
+        feeds.append({name: np.ascontiguousarray(value) for name, value in encoded.items()})
+        tokens.append(int(encoded["attention_mask"].sum()))
+    return feeds, _ms(np.median(took)), float(np.mean(tokens))
+
+
+def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 5, seq_len: int | None = None,
+                 xnnpack: bool = True, runtime: str = "auto", inputs_file=None) -> dict:
+    """Measure one bundle in this process; return one result (see the module docstring and edgebert.results)."""
+    import numpy as np
+
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel, find_runtime
+
+    options = check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=xnnpack,
+                            runtime=runtime, inputs_file=inputs_file)
+    before_runtime = _Memory().current()
+    found = find_runtime(runtime)  # imported before the baseline: its cost is reported on its own
+    memory = _Memory()
+
+    bundle = read_bundle(bundle_dir)
+    facts = bundle_facts(bundle)
+    length = resolve_seq_len(bundle, seq_len)
+    feeds, tokenize_ms, tokens_mean = _prepare_inputs(bundle, length, inputs_file, runs + warmup + 1)
+    order = [feeds[i % len(feeds)] for i in range(1 + warmup + runs)]  # a different sentence each call
+    cycle = iter(order)
+
+    start = time.perf_counter_ns()
+    model = TFLiteModel(bundle.model_path, num_threads=threads, runtime=found.name, use_xnnpack=xnnpack)
+    load_ns = time.perf_counter_ns() - start
+
+    feed = next(cycle)
+    start = time.perf_counter_ns()
+    model(**feed)
+    first_ns = time.perf_counter_ns() - start
+    partitions = model.delegate_partitions()
+
+    for _ in range(warmup):
+        model(**next(cycle))
+
+    timings = np.empty(runs, dtype=np.int64)
+    for index in range(runs):
+        feed = next(cycle)
+        start = time.perf_counter_ns()
+        model(**feed)
+        timings[index] = time.perf_counter_ns() - start
+    latency = latency_stats(timings / 1e6)
+
+    overhead_ms, invoke_ms = _python_overhead(model, order[1:], min(runs, OVERHEAD_PAIRS))
+    peak = memory.peak()
+    mean = latency["mean"]
+    result = {
+        "bundle": facts,
+        "settings": {"threads": threads, "runs": runs, "warmup": warmup, "xnnpack": bool(xnnpack),
+                     "seq_len": length if length is not None else "dynamic",
+                     "inputs": options["inputs_file"] or "samples/sentences.txt",
+                     "distinct_inputs": len(feeds), "tokens_mean": _round(tokens_mean, 2)},
+        "runtime": {"name": found.name, "version": found.version},
+        "xnnpack_applied": None if partitions is None else partitions > 0,
+        "xnnpack_partitions": partitions,
+        "load_ms": _round(_ms(load_ns)),
+        "first_inference_ms": _round(_ms(first_ns)),
+        "latency_ms": latency,
+        "throughput_per_s": _round(1000.0 / mean, 2) if mean else None,
+        "python_overhead_ms": _round(overhead_ms),
+        "invoke_p50_ms": _round(invoke_ms),
+        "tokenize_ms": _round(tokenize_ms),
+        "memory": {"baseline_rss_mb": _round(memory.baseline, 2), "peak_rss_mb": _round(peak, 2),
+                   "growth_mb": _round(None if peak is None or memory.baseline is None else peak - memory.baseline, 2),
+                   "runtime_import_mb": _round(None if before_runtime is None or memory.baseline is None
+                                               else memory.baseline - before_runtime, 2),
+                   "method": memory.method()},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pid": os.getpid(),
+        "tensorflow_imported": tensorflow_imported(),
+    }
+    return check_result(result)
+
+
+def _python_overhead(model, feeds: list, pairs: int) -> tuple[float, float]:
+    """(median of [full call - bare invoke] per pair, median bare invoke), in ms; see the module docstring."""
+    import numpy as np
+
+    invoke = _bare_invoke(model)
+    calls, invokes = np.empty(pairs, np.int64), np.empty(pairs, np.int64)
+    for index in range(pairs):
+        feed = feeds[index % len(feeds)]
+        start = time.perf_counter_ns()
+        model(**feed)
+        calls[index] = time.perf_counter_ns() - start
+        start = time.perf_counter_ns()
+        invoke()  # the same inputs, already set by the call above
+        invokes[index] = time.perf_counter_ns() - start
+    return max(0.0, _ms(np.median(calls - invokes))), _ms(np.median(invokes))
+
+
+def _bare_invoke(model) -> Callable[[], None]:
+    """The native Invoke of the signature's subgraph, as the signature runner itself calls it.
+
+    (`Interpreter.invoke()` refuses to run while a signature runner holds the native wrapper: its
+    reference-count safety check counts the runner's reference as an outstanding numpy buffer.)"""
+    runner = model._runner
+    wrapper = getattr(runner, "_interpreter_wrapper", None) or model.interpreter._interpreter
+    subgraph = getattr(runner, "_subgraph_index", None)
+    if subgraph is None:
+        return wrapper.Invoke
+    return lambda: wrapper.Invoke(subgraph)
+
+
+def tensorflow_imported() -> bool:
+    return any(name == "tensorflow" or name.startswith("tensorflow.") or name == "tf_keras" for name in sys.modules)
+
+
+# --- one bundle, in a fresh process ---------------------------------------------------------------------
+
+def failed_result(bundle_dir, error: str) -> dict:
+    path = Path(bundle_dir).resolve()
+    line = " ".join(str(error).split()) or "unknown failure"
+    return {"bundle": {"path": str(path), "name": path.name}, "error": line[:500]}
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _worker_env() -> dict:
+    """This process's environment, with this edgebert's checkout first on the worker's path."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def bench_in_fresh_process(bundle_dir, *, timeout: float | None = None, python: str | None = None,
+                           **options) -> dict:
+    """bench_bundle in a new `python -m edgebert.bench` process; return its result.
+
+    A bad bundle or option raises (BundleError / UsageError) before anything is spawned. A worker that
+    fails (non-zero exit, killed, no JSON, timeout) gives a failed result {"bundle", "error"} instead.
+    `python` runs the worker with another interpreter (a venv with tflite-runtime, say)."""
+    options = check_options(**{**DEFAULTS, **options})
+    _open_checked(bundle_dir, options)
+    request = {"bundle_dir": str(Path(bundle_dir).resolve()), **options}
+    command = [python or sys.executable, "-m", "edgebert.bench", json.dumps(request)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              env=_worker_env(), stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return failed_result(bundle_dir, f"benchmark worker timed out after {timeout:g} s")
+    except OSError as error:
+        return failed_result(bundle_dir, f"cannot start the benchmark worker {command[0]}: {error.strerror}")
+    return _worker_result(bundle_dir, done)
+
+
+def _worker_result(bundle_dir, done: subprocess.CompletedProcess) -> dict:
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return failed_result(bundle_dir, f"benchmark worker killed by {name}" +
+                             (" (out of memory?)" if name == "SIGKILL" else ""))
+    try:
+        result = json.loads(_last_line(done.stdout))
+        if not isinstance(result, dict):
+            raise ValueError("not an object")
+        check_result(result)
+    except ValueError:
+        why = _last_line(done.stderr) or _last_line(done.stdout) or "no output"
+        return failed_result(bundle_dir, f"benchmark worker exited with code {done.returncode} "
+                                         f"without a result: {why}")
+    if "error" in result:
+        return failed_result(bundle_dir, result["error"])
+    if done.returncode != 0:
+        return failed_result(bundle_dir, f"benchmark worker exited with code {done.returncode}: "
+                                         f"{_last_line(done.stderr) or 'no message'}")
+    return result
+
+
+def bench_many(bundle_dirs, *, progress: Callable[[int, int, str | None], None] | None = None,
+               timeout: float | None = None, python: str | None = None, **options) -> dict:
+    """Each bundle in its own fresh process; the results file {"schema", "device", "results"}.
+
+    Every bundle and option is checked first, so a bad one fails before anything is measured.
+    `progress(done, total, name)` is called before each bundle and once at the end (name None)."""
+    from edgebert.device_info import device_facts
+
+    options = check_options(**{**DEFAULTS, **options})
+    bundle_dirs = [Path(path) for path in bundle_dirs]
+    if not bundle_dirs:
+        raise UsageError("no bundle to benchmark")
+    for path in bundle_dirs:
+        _open_checked(path, options)
+    results = []
+    for done, path in enumerate(bundle_dirs):
+        if progress:
+            progress(done, len(bundle_dirs), path.name)
+        results.append(bench_in_fresh_process(path, timeout=timeout, python=python, **options))
+    if progress:
+        progress(len(bundle_dirs), len(bundle_dirs), None)
+    return {"schema": BENCH_SCHEMA, "device": device_facts(), "results": results}
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+_COLUMNS = ("bundle", "mode", "seq", "thr", "MB", "load ms", "p50 ms", "p90 ms", "p99 ms", "inf/s", "peak MB",
+            "growth MB", "xnnpack", "runtime")
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def format_table(results_file: dict) -> str:
+    """A readable terminal table of a results file, one row per bundle, then the device."""
+    rows = []
+    for result in results_file.get("results", []):
+        bundle = result.get("bundle", {})
+        if "error" in result:
+            rows.append((bundle.get("name", "?"), f"FAILED: {result['error']}"))
+            continue
+        memory, latency, settings = result["memory"], result["latency_ms"], result["settings"]
+        applied = result.get("xnnpack_applied")
+        rows.append((bundle.get("name", "?"), str(bundle.get("quantize", "?")), str(settings.get("seq_len")),
+                     str(settings.get("threads")), _fmt(bundle.get("model_bytes", 0) / MB, ".1f"),
+                     _fmt(result["load_ms"], ".1f"), _fmt(latency["p50"], ".2f"), _fmt(latency["p90"], ".2f"),
+                     _fmt(latency["p99"], ".2f"), _fmt(result["throughput_per_s"], ".1f"),
+                     _fmt(memory.get("peak_rss_mb"), ".1f"), _fmt(memory.get("growth_mb"), ".1f"),
+                     "-" if applied is None else ("yes" if applied else "no"),
+                     f"{result['runtime']['name']} {result['runtime']['version']}"))
+    full = [row for row in rows if len(row) == len(_COLUMNS)]
+    widths = [max([len(_COLUMNS[i])] + [len(row[i]) for row in full]) for i in range(len(_COLUMNS))]
+    widths[0] = max([widths[0]] + [len(row[0]) for row in rows])
+    left = {0, 1, 12, 13}
+
+    def line(cells):
+        return "  ".join(cell.ljust(widths[i]) if i in left else cell.rjust(widths[i])
+                         for i, cell in enumerate(cells)).rstrip()
+    lines = [line(_COLUMNS)]
+    for row in rows:
+        lines.append(line(row) if len(row) == len(_COLUMNS) else f"{row[0].ljust(widths[0])}  {row[1]}")
+    device = results_file.get("device") or {}
+    if device:
+        lines.append("")
+        lines.append(f"device: {device.get('cpu_model', 'unknown')}, {device.get('cores', '?')} cores, "
+                     f"{device.get('system', '?')} {device.get('machine', '?')}, Python {device.get('python', '?')}")
+    return "\n".join(lines)
+
+
+# --- the worker: python -m edgebert.bench '<json options>' ----------------------------------------------
+
+def _worker(argv: list[str]) -> int:
+    """Read the options (JSON in argv[1], or on stdin for '-'), bench, print the result as the last
+    stdout line. Library errors become a failed result (exit 3); anything else a traceback (exit 1)."""
+    raw = sys.stdin.read() if len(argv) < 2 or argv[1] == "-" else argv[1]
+    request = json.loads(raw)
+    bundle_dir = request.pop("bundle_dir")
+    # Native libraries may write to fd 1; keep the result line alone on the real stdout.
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        try:
+            result, code = bench_bundle(bundle_dir, **request), 0
+        except EdgebertError as error:
+            result, code = failed_result(bundle_dir, str(error)), 3
+        sys.stdout.flush()
+    finally:
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
+    print(json.dumps(result), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv))

@@ -1,0 +1,163 @@
+"""`edgebert bench` and `edgebert predict`: thin commands over edgebert.bench and edgebert.predict.
+
+The CLI imports this module at start-up, so it imports nothing heavy at module level: numpy, tokenizers
+and the interpreter are imported inside the commands. Library errors (BundleError, UsageError, ...) are
+turned into one `error: ...` line by the group in edgebert.cli.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from edgebert.errors import OutputError, UsageError
+
+RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
+
+
+class _BundleProgress:
+    """A click progress bar on stderr over the bundles, naming the one being measured."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int, name: str | None):
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="benchmarking", file=sys.stderr,
+                                         item_show_func=lambda item: item)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos, current_item=name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _check_json_target(path: Path) -> None:
+    """Refuse, before minutes of measuring, a --json path that cannot be written."""
+    if path.is_dir():
+        raise OutputError("is a directory (--json takes a file name)", path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write here ({parent} is not a writable directory)", path)
+
+
+def write_json_atomically(path: Path, data) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+@click.command("bench")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", default=1, show_default=True, type=int, help="Interpreter threads (at least 1).")
+@click.option("--runs", default=50, show_default=True, type=int, help="Timed inferences per bundle (at least 1).")
+@click.option("--warmup", default=5, show_default=True, type=int,
+              help="Untimed inferences before the timed ones (0 or more).")
+@click.option("--seq-len", default=None, type=int,
+              help="Input length for dynamic bundles (default: each sentence's own length); a fixed bundle "
+                   "only accepts its own.")
+@click.option("--no-xnnpack", is_flag=True, help="Run on the builtin kernels, without the XNNPACK delegate.")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
+              help="Interpreter to use; auto prefers ai-edge-litert, then tflite-runtime, then tensorflow.")
+@click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), default=None,
+              help="Text to feed, one sentence per line (default: the repository's samples/sentences.txt).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the results file (schema edgebert.bench/1) here, atomically.")
+@click.option("--timeout", default=None, type=float,
+              help="Seconds allowed per bundle before its worker is stopped and reported as failed.")
+def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, json_out, timeout):
+    """Measure each BUNDLE's latency, load time and memory, each in its own fresh process.
+
+    Feeds real tokenized sentences, times warm runs one by one, and prints a table (p50/p90/p99
+    latency, throughput, peak RSS and its growth, whether XNNPACK took the graph). Every bundle and
+    option is checked before anything is measured.
+    """
+    from edgebert.bench import bench_many, check_options, format_table
+
+    check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack,
+                  runtime=runtime, inputs_file=inputs_file)
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    if json_out is not None:
+        _check_json_target(json_out)
+    with _BundleProgress() as progress:
+        results = bench_many(bundles, progress=progress, timeout=timeout, threads=threads, runs=runs,
+                             warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack, runtime=runtime,
+                             inputs_file=inputs_file)
+    click.echo(format_table(results))
+    if json_out is not None:
+        write_json_atomically(json_out, results)
+    failed = [result for result in results["results"] if "error" in result]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(results['results'])} benchmarks failed "
+                   f"(first: {failed[0]['bundle']['name']}: {failed[0]['error']})", err=True)
+        sys.exit(1)
+
+
+def _stdin_lines() -> list[str]:
+    data = click.get_binary_stream("stdin").read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"stdin is not UTF-8 (bad byte at offset {error.start})") from None
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise UsageError("no text on stdin (pass TEXT arguments, or one text per line on stdin)")
+    return lines
+
+
+def _pairs(texts: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for index, text in enumerate(texts, start=1):
+        fields = text.split("\t")
+        if len(fields) != 2 or not all(field.strip() for field in fields):
+            raise UsageError(f"text {index} is not 'first<TAB>second': {text[:60]!r}")
+        pairs.append((fields[0].strip(), fields[1].strip()))
+    return pairs
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, metavar="[TEXT]...")
+@click.option("--pair", is_flag=True, help="Each text is a sentence pair: first<TAB>second.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list: probabilities and logits, or the full embedding vectors.")
+@click.option("--threads", default=None, type=int, help="Interpreter threads (default: the runtime's choice).")
+def predict(bundle, texts, pair, as_json, threads):
+    """Run BUNDLE on each TEXT (or on each line of stdin when no TEXT, or '-', is given).
+
+    A classifier bundle prints `label (p=0.93)  text`; an encoder bundle prints the pooled embedding's
+    size, norm and first values: `dim=128 |v|=5.1234 [v0, v1, v2, v3 ...]  text`.
+    """
+    from edgebert.predict import describe, predict as run_predict
+
+    lines = _stdin_lines() if not texts or list(texts) == ["-"] else list(texts)
+    inputs = _pairs(lines) if pair else lines
+    results = run_predict(bundle, inputs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        click.echo(describe(result))
