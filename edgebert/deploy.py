@@ -1,0 +1,516 @@
+"""`edgebert deploy`: copy bundles to a device over ssh or adb, benchmark them there, run the device tests
+there, and bring the results back.
+
+    deploy("ssh://pi@raspberrypi.local", ["bert-mini.dynamic-int8.s128"], python="python3")
+
+Steps, each one remote command (so each failure is one line that says which step and why):
+
+1. check the device: the remote Python exists and has numpy, tokenizers, click, pytest and an
+   interpreter (ai-edge-litert, tflite-runtime or, last, tensorflow), without importing any of them;
+2. prepare the remote directory: it must be new, empty or one this command made before (marker file
+   `.edgebert-deploy`); its `code/`, `bundles/` and `results/` from an earlier run are replaced;
+3. copy, as one tar stream: `code/edgebert/`, `code/device_tests/`, `code/samples/` (this checkout's
+   source, put first on the remote PYTHONPATH, so the device runs this very version) and
+   `bundles/<name>/` for each bundle (plus the budget file, if any);
+4. `python -m edgebert bench <bundles> --json results/bench.json` on the device; the JSON comes back to
+   `<results dir>/<host>-<UTC timestamp>.json` (with a `deploy` block added: target, remote directory,
+   device test outcome);
+5. `python -m pytest device_tests --bundles <bundles> [--budget ...]` on the device.
+
+Nothing goes through a local shell: ssh, scp-less tar streaming and adb are run with argument lists.
+What the remote shell sees is built here from fixed text plus values quoted one by one with
+shlex.quote (bundle names, paths, the Python command), so a name such as `a b;$(touch x)'"` arrives as
+that name and runs nothing. The remote login shell must be a POSIX shell (sh, bash, dash, zsh, ash).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from edgebert.errors import EdgebertError, UsageError
+
+DEFAULT_REMOTE_DIR = {"ssh": "~/edgebert-deploy", "adb": "/data/local/tmp/edgebert-deploy"}
+MARKER = ".edgebert-deploy"
+_DIR_TAG = "@edgebert-remote-dir@"
+CONNECT_TIMEOUT_S = 10
+REQUIRED_MODULES = {"numpy": "numpy", "tokenizers": "tokenizers", "click": "click", "pytest": "pytest"}
+RUNTIME_MODULES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+                   "tensorflow": "tensorflow"}
+TARGET_HINT = "--host must be ssh://user@host[:port] or adb://SERIAL"
+
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\])\Z")
+_SERIAL = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._:-]*\Z")
+
+# Run by the remote Python (never imports the modules it looks for: TensorFlow's import alone is slow).
+_CHECK_SCRIPT = f"""
+import importlib.util, json, sys
+def has(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+print(json.dumps({{"python": sys.version.split()[0], "ok_version": sys.version_info >= (3, 9),
+                  "missing": [m for m in {sorted(REQUIRED_MODULES)!r} if not has(m)],
+                  "runtime": next((m for m in {list(RUNTIME_MODULES)!r} if has(m)), None)}}))
+"""
+
+
+class DeployError(EdgebertError):
+    """A deployment that could not be done or whose device tests failed (one line, exit 1)."""
+
+
+# --- the target ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str  # "ssh" or "adb"
+    host: str = ""  # ssh: host name or address (IPv6 without brackets)
+    user: Optional[str] = None
+    port: Optional[int] = None
+    serial: str = ""  # adb
+
+    def __str__(self) -> str:
+        if self.scheme == "adb":
+            return f"adb://{self.serial}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ssh://{self.user + '@' if self.user else ''}{host}{f':{self.port}' if self.port else ''}"
+
+    @property
+    def slug(self) -> str:
+        """The host (or serial) as a safe file-name part."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.serial if self.scheme == "adb" else self.host).strip("._") \
+            or "device"
+
+
+def parse_target(text: str) -> Target:
+    """ssh://[user@]host[:port] or adb://SERIAL; anything else is a one-line UsageError (exit 2)."""
+    raw = str(text)
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme not in ("ssh", "adb"):
+        raise UsageError(f"{TARGET_HINT}, got {raw!r}")
+    if scheme == "adb":
+        if not _SERIAL.match(rest):
+            raise UsageError(f"{TARGET_HINT}, got {raw!r} (a serial is letters, digits and . _ : -, as "
+                             "`adb devices` lists it)")
+        return Target("adb", serial=rest)
+    rest = rest[:-1] if rest.endswith("/") else rest
+    user, at, hostport = rest.rpartition("@")
+    if at and not _USER.match(user):
+        raise UsageError(f"{TARGET_HINT}, got {raw!r} (bad user name {user!r})")
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?", hostport)
+    if not match or not match.group(1) or not _HOST.match(match.group(1)):
+        raise UsageError(f"{TARGET_HINT}, got {raw!r} (bad host name)")
+    port = None
+    if match.group(2) is not None:
+        if not match.group(2).isdigit() or not 1 <= int(match.group(2)) <= 65535:
+            raise UsageError(f"{TARGET_HINT}, got {raw!r} (the port must be a number from 1 to 65535)")
+        port = int(match.group(2))
+    return Target("ssh", host=match.group(1).strip("[]"), user=user or None, port=port)
+
+
+# --- remote shell text ---------------------------------------------------------------------------------
+
+def remote_path(path: str) -> str:
+    """A remote path as shell text: quoted, except a leading ~ or ~/ which becomes "$HOME"."""
+    path = str(path)
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:]) if path[2:] else '"$HOME"'
+    return shlex.quote(path)
+
+
+def _ssh_option_path(path: Path) -> str:
+    """A local path for ssh's -i / -o ...File=: absolute, '%' escaped (ssh expands %-tokens there),
+    double-quoted when it has whitespace (ssh splits -o values on it)."""
+    text = str(Path(path).expanduser().resolve())
+    if "${" in text or '"' in text:
+        raise UsageError(f"ssh cannot take a file path containing '${{' or '\"': {text!r}")
+    text = text.replace("%", "%%")
+    return f'"{text}"' if re.search(r"\s", text) else text
+
+
+# --- transports ----------------------------------------------------------------------------------------
+
+def _last_line(data) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class SSHTransport:
+    def __init__(self, target: Target, identity: Path | None, known_hosts: Path,
+                 connect_timeout: float = CONNECT_TIMEOUT_S):
+        if shutil.which("ssh") is None:
+            raise DeployError("ssh is not installed here (install OpenSSH's client, e.g. apt-get install "
+                              "openssh-client)")
+        self.target, self.known_hosts = target, known_hosts
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        self.args = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                     "-o", f"UserKnownHostsFile={_ssh_option_path(known_hosts)}",
+                     "-o", f"ConnectTimeout={int(max(1, connect_timeout))}",
+                     "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "LogLevel=ERROR"]
+        if identity is not None:
+            self.args += ["-o", "IdentitiesOnly=yes", "-i", _ssh_option_path(identity)]
+        if target.port:
+            self.args += ["-p", str(target.port)]
+        self.args.append(f"{target.user}@{target.host}" if target.user else target.host)
+
+    def connect(self) -> None:
+        """Nothing to do: the first command fails with 255 when the host cannot be reached."""
+
+    def run(self, command: str, *, stdin=None) -> subprocess.CompletedProcess:
+        """Run shell text on the device; stdout and stderr captured as bytes."""
+        done = subprocess.run([*self.args, command], stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                              capture_output=True)
+        if done.returncode == 255:  # ssh's own failure (a remote command exiting 255 looks the same)
+            reason = _last_line(done.stderr) or "ssh exited with status 255"
+            reason = reason[5:] if reason.startswith("ssh: ") else reason
+            if "Host key verification failed" in reason or "REMOTE HOST IDENTIFICATION HAS CHANGED" in \
+                    done.stderr.decode("utf-8", "replace"):
+                raise DeployError(f"cannot reach {self.target} (its host key is not the one recorded in "
+                                  f"{self.known_hosts}; if the device was reinstalled, remove its line there)")
+            verb = "log in to" if "Permission denied" in reason else "reach"
+            raise DeployError(f"cannot {verb} {self.target} ({reason})")
+        return done
+
+    def upload(self, tar_path: Path, remote_dir: str) -> subprocess.CompletedProcess:
+        with open(tar_path, "rb") as stream:
+            return self.run(f"tar -xf - -C {shlex.quote(remote_dir)}", stdin=stream)
+
+    def read_file(self, remote_file: str) -> bytes | None:
+        done = self.run(f"cat -- {shlex.quote(remote_file)}")
+        return done.stdout if done.returncode == 0 else None
+
+
+class ADBTransport:
+    def __init__(self, target: Target):
+        if shutil.which("adb") is None:
+            raise DeployError(f"cannot deploy to {target}: adb is not installed here (install Android's "
+                              "platform tools, e.g. apt-get install adb, and put adb on PATH)")
+        self.target = target
+        self.args = ["adb", "-s", target.serial]
+
+    def connect(self) -> None:
+        done = subprocess.run([*self.args, "get-state"], stdin=subprocess.DEVNULL, capture_output=True)
+        state = _last_line(done.stdout)
+        if done.returncode != 0 or state != "device":
+            reason = _last_line(done.stderr) or state or f"adb exited with status {done.returncode}"
+            raise DeployError(f"cannot reach {self.target} ({reason})")
+
+    def run(self, command: str, *, stdin=None) -> subprocess.CompletedProcess:
+        # `adb shell` hands its (single) argument to the device's /system/bin/sh, like ssh does.
+        return subprocess.run([*self.args, "shell", command], stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                              capture_output=True)
+
+    def upload(self, tar_path: Path, remote_dir: str) -> subprocess.CompletedProcess:
+        remote_tar = f"{remote_dir}/.upload.tar"  # adb push takes the path as is (no shell)
+        pushed = subprocess.run([*self.args, "push", str(tar_path), remote_tar], stdin=subprocess.DEVNULL,
+                                capture_output=True)
+        if pushed.returncode != 0:
+            return pushed
+        tar = shlex.quote(remote_tar)
+        return self.run(f"tar -xf {tar} -C {shlex.quote(remote_dir)}; status=$?; rm -f {tar}; exit $status")
+
+    def read_file(self, remote_file: str) -> bytes | None:
+        with tempfile.TemporaryDirectory(prefix="edgebert-pull-") as scratch:
+            local = Path(scratch) / "file"
+            done = subprocess.run([*self.args, "pull", remote_file, str(local)], stdin=subprocess.DEVNULL,
+                                  capture_output=True)
+            return local.read_bytes() if done.returncode == 0 and local.is_file() else None
+
+
+# --- what is copied ------------------------------------------------------------------------------------
+
+def _source_root() -> Path:
+    """The checkout this edgebert runs from: edgebert/, device_tests/ and samples/ side by side."""
+    root = Path(__file__).resolve().parent.parent
+    missing = [name for name in ("edgebert", "device_tests", "samples") if not (root / name).is_dir()]
+    if missing:
+        raise DeployError(f"edgebert deploy ships this checkout's source, but {root} has no "
+                          f"{', '.join(missing)}/ (run it from a source checkout: pip install -e .)")
+    return root
+
+
+def _skip(path: Path) -> bool:
+    return any(part in ("__pycache__", ".pytest_cache") for part in path.parts) or path.suffix in (".pyc", ".pyo")
+
+
+def _tidy(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def build_payload(tar_path: Path, bundles: list, budget: Path | None) -> int:
+    """Write the tar that is unpacked in the remote directory; return its size in bytes."""
+    root = _source_root()
+    with tarfile.open(tar_path, "w") as tar:
+        for name in ("edgebert", "device_tests", "samples"):
+            for path in sorted((root / name).rglob("*")):
+                if path.is_file() and not _skip(path.relative_to(root)):
+                    tar.add(path, arcname=f"code/{path.relative_to(root).as_posix()}", filter=_tidy)
+        for bundle in bundles:
+            for path in sorted(Path(bundle.path).iterdir()):
+                if path.is_file():
+                    tar.add(path, arcname=f"bundles/{Path(bundle.path).name}/{path.name}", filter=_tidy)
+        if budget is not None:
+            tar.add(budget, arcname=f"code/{_budget_name(budget)}", filter=_tidy)
+    return tar_path.stat().st_size
+
+
+def _budget_name(budget: Path) -> str:
+    return "budget.toml" if Path(budget).suffix.lower() == ".toml" else "budget.json"
+
+
+# --- the deployment ------------------------------------------------------------------------------------
+
+@dataclass
+class DeployOutcome:
+    target: Target
+    remote_dir: str
+    results_path: Path | None  # None when the benchmark wrote no results
+    results: dict | None
+    bench_output: str  # the device's bench table (its stdout)
+    bench_error: str | None  # one line when the benchmark failed
+    tests_output: str  # pytest's output on the device
+    tests_exit_code: int
+    python: dict = field(default_factory=dict)  # the remote check: python version, runtime
+
+    @property
+    def tests_summary(self) -> str:
+        return _last_line(self.tests_output).strip("= ") or f"pytest exited with code {self.tests_exit_code}"
+
+    @property
+    def ok(self) -> bool:
+        return self.tests_exit_code == 0 and self.bench_error is None
+
+
+def _open_bundles(paths) -> list:
+    from edgebert.bundle import read_bundle
+
+    if not paths:
+        raise UsageError("name at least one bundle directory to deploy")
+    bundles, names = [], {}
+    for path in paths:
+        bundle = read_bundle(Path(path))
+        name = Path(path).resolve().name
+        if name in names:
+            raise UsageError(f"two bundles are named {name!r} ({names[name]} and {path}); the device keeps "
+                             "them side by side by name")
+        names[name] = path
+        bundles.append(bundle)
+    return bundles
+
+
+def check_budget_file(path: Path) -> None:
+    """Check the budget file here with the device suite's own reader, before anything is copied."""
+    import importlib.util
+
+    module_path = _source_root() / "device_tests" / "device_checks.py"
+    spec = importlib.util.spec_from_file_location("_edgebert_device_checks", module_path)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    try:
+        checks.load_budget(path)
+    except checks.BudgetError as error:
+        raise UsageError(str(error), path) from None
+
+
+def _known_hosts_file() -> Path:
+    from edgebert.fetch import default_cache_dir
+
+    return default_cache_dir() / "deploy" / "known_hosts"
+
+
+def _results_file(results_dir: Path, target: Target) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = results_dir / f"{target.slug}-{stamp}.json"
+    counter = 1
+    while path.exists():
+        counter += 1
+        path = results_dir / f"{target.slug}-{stamp}-{counter}.json"
+    return path
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _check_device(transport, target: Target, python: str) -> dict:
+    done = transport.run(f"{remote_path(python)} -c {shlex.quote(_CHECK_SCRIPT)}")
+    if done.returncode == 127:
+        raise DeployError(f"{target}: {python} not found on the device (pass --python with the device's "
+                          "Python 3, e.g. --python python3 or a virtual environment's bin/python)")
+    try:
+        facts = json.loads(_last_line(done.stdout)) if done.returncode == 0 else None
+    except ValueError:
+        facts = None
+    if not isinstance(facts, dict):
+        why = _last_line(done.stderr) or _last_line(done.stdout) or f"exit status {done.returncode}"
+        raise DeployError(f"{target}: cannot run {python} on the device ({why})")
+    if not facts.get("ok_version"):
+        raise DeployError(f"{target}: the device's {python} is Python {facts.get('python')}; edgebert needs 3.9 "
+                          "or newer (pass --python)")
+    missing = [REQUIRED_MODULES[name] for name in facts.get("missing", [])]
+    if facts.get("runtime") is None:
+        missing.append("ai-edge-litert (or tflite-runtime)")
+    if missing:
+        pip = [name.split()[0] for name in missing]
+        raise DeployError(f"{target}: the device's {python} (Python {facts.get('python')}) lacks "
+                          f"{', '.join(missing)}; install them there: {python} -m pip install {' '.join(pip)}")
+    return facts
+
+
+def _prepare_remote_dir(transport, target: Target, remote_dir: str) -> str:
+    """Create (or reclaim) the remote directory; return its absolute path on the device."""
+    if remote_dir.startswith("-"):  # never an option to mkdir, ls or cd
+        remote_dir = "./" + remote_dir
+    script = "\n".join([
+        f"d={remote_path(remote_dir)}",
+        'if [ -e "$d" ] && [ ! -d "$d" ]; then',
+        "  printf 'edgebert-deploy: %s exists and is not a directory\\n' \"$d\" >&2; exit 3",
+        "fi",
+        f'if [ -d "$d" ] && [ ! -e "$d/{MARKER}" ] && [ -n "$(ls -A -- "$d" 2>/dev/null)" ]; then',
+        "  printf 'edgebert-deploy: %s is not empty and was not made by edgebert deploy; pass another "
+        "--remote-dir\\n' \"$d\" >&2",
+        "  exit 3",
+        "fi",
+        'mkdir -p -- "$d" && cd -- "$d" || exit 3',
+        f": > {MARKER} && rm -rf code bundles results && mkdir code bundles results || exit 3",
+        "printf '%s%s' " + shlex.quote(_DIR_TAG) + ' "$PWD"',  # tagged: a chatty login script may print too
+    ])
+    done = transport.run(script)
+    if done.returncode != 0:
+        why = _last_line(done.stderr) or f"exit status {done.returncode}"
+        raise DeployError(f"{target}: cannot prepare the remote directory {remote_dir} "
+                          f"({why.removeprefix('edgebert-deploy: ')})")
+    absolute = done.stdout.decode("utf-8", "surrogateescape").rpartition(_DIR_TAG)[2]
+    if not absolute.startswith("/"):
+        raise DeployError(f"{target}: the remote directory {remote_dir} has no absolute path (pwd said "
+                          f"{absolute!r})")
+    return absolute
+
+
+def _python_command(python: str, code_dir: str, args: list[str]) -> str:
+    """`cd CODE && PYTHONPATH=CODE[:old] PYTHON ARGS...`, every value quoted."""
+    code = shlex.quote(code_dir)
+    return (f"cd {code} && PYTHONPATH={code}\"${{PYTHONPATH:+:$PYTHONPATH}}\" "
+            f"{remote_path(python)} {' '.join(shlex.quote(str(arg)) for arg in args)}")
+
+
+def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir: str | None = None,
+           python: str = "python3", runs: int | None = None, threads: int | None = None,
+           budget: Path | None = None, results_dir: Path = Path("results"),
+           connect_timeout: float = CONNECT_TIMEOUT_S,
+           log: Callable[[str], None] = lambda message: None) -> DeployOutcome:
+    """Copy bundles to the device, benchmark them there and run the device tests; see the module doc."""
+    target = parse_target(host)
+    for name, value in (("--runs", runs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if not python or "\n" in python:
+        raise UsageError(f"--python must name the device's Python command, got {python!r}")
+    if identity is not None and target.scheme != "ssh":
+        raise UsageError("--identity applies to ssh:// targets only")
+    if identity is not None and not Path(identity).expanduser().is_file():
+        raise UsageError("identity file not found", identity)
+    if target.scheme == "ssh":
+        transport = SSHTransport(target, identity, _known_hosts_file(), connect_timeout)
+    else:
+        transport = ADBTransport(target)
+    bundles = _open_bundles(bundle_paths)
+    if budget is not None:
+        check_budget_file(Path(budget))
+    results_dir = Path(results_dir)  # made only when there are results to write
+    if results_dir.exists() and not results_dir.is_dir():
+        raise UsageError("--results must be a directory", results_dir)
+    remote_dir = remote_dir or DEFAULT_REMOTE_DIR[target.scheme]
+
+    transport.connect()
+    facts = _check_device(transport, target, python)
+    log(f"connected to {target}: Python {facts['python']}, {RUNTIME_MODULES[facts['runtime']]}")
+
+    root = _prepare_remote_dir(transport, target, remote_dir)
+    code_dir, bundles_dir, remote_results = f"{root}/code", f"{root}/bundles", f"{root}/results"
+    with tempfile.TemporaryDirectory(prefix="edgebert-deploy-") as scratch:
+        payload = Path(scratch) / "payload.tar"
+        size = build_payload(payload, bundles, budget)
+        log(f"copying {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} and edgebert's source "
+            f"({size / 1e6:.1f} MB) to {root}")
+        done = transport.upload(payload, root)
+    if done.returncode != 0:
+        raise DeployError(f"{target}: copying to {root} failed "
+                          f"({_last_line(done.stderr) or f'exit status {done.returncode}'})")
+
+    remote_bundles = [f"{bundles_dir}/{Path(bundle.path).name}" for bundle in bundles]
+    options = [*(["--runs", str(runs)] if runs else []), *(["--threads", str(threads)] if threads else [])]
+    log(f"benchmarking on {target}")
+    bench_json = f"{remote_results}/bench.json"
+    bench = transport.run(_python_command(python, code_dir,
+                                          ["-m", "edgebert", "bench", *remote_bundles, "--json", bench_json, *options]))
+    bench_output = bench.stdout.decode("utf-8", "replace")
+    bench_error = None
+    if bench.returncode != 0:
+        why = _last_line(bench.stderr) or f"exit status {bench.returncode}"
+        if "No such command" in why:
+            why = f"the edgebert shipped to the device has no bench command ({why})"
+        bench_error = why.removeprefix("error: ")
+    data = transport.read_file(bench_json)
+
+    results_path, results = None, None
+    if data is not None:
+        try:
+            results = json.loads(data.decode("utf-8"))
+        except ValueError:
+            results = None
+        if not isinstance(results, dict):
+            results = None
+            bench_error = bench_error or f"the device wrote an unreadable {bench_json}"
+    elif bench_error is None:
+        bench_error = f"the benchmark wrote no {bench_json}"
+
+    log(f"running the device tests on {target}")
+    test_args = ["-m", "pytest", "device_tests", "-q", "-p", "no:cacheprovider", "--bundles", *remote_bundles]
+    if budget is not None:
+        test_args += ["--budget", f"{code_dir}/{_budget_name(budget)}"]
+    test_args += options
+    tests = transport.run(_python_command(python, code_dir, test_args))
+    tests_output = (tests.stdout + tests.stderr).decode("utf-8", "replace")
+
+    outcome = DeployOutcome(target=target, remote_dir=root, results_path=None, results=results,
+                            bench_output=bench_output, bench_error=bench_error, tests_output=tests_output,
+                            tests_exit_code=tests.returncode, python=facts)
+    if results is not None:
+        results["deploy"] = {"target": str(target), "remote_dir": root, "python": facts.get("python"),
+                             "device_tests": {"exit_code": tests.returncode, "passed": tests.returncode == 0,
+                                              "summary": outcome.tests_summary}}
+        try:
+            results_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DeployError(f"cannot create the results directory ({error.strerror}); the device tests "
+                              f"{'passed' if tests.returncode == 0 else 'failed'}", results_dir) from None
+        results_path = _results_file(results_dir, target)
+        _write_json_atomically(results_path, results)
+        outcome.results_path = results_path
+    return outcome

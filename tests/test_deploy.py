@@ -1,0 +1,340 @@
+"""`edgebert deploy` for real, against an OpenSSH server started for these tests on 127.0.0.1.
+
+The "device" is this machine: the remote Python is sys.executable, the remote directory is in
+tmp_path. The server runs with throwaway host and client keys, its own config and its own pid file,
+and only that process is stopped afterwards. Skipped when OpenSSH (sshd, ssh, ssh-keygen) is missing.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from edgebert.cli import cli
+from edgebert.deploy import Target, parse_target, remote_path
+from edgebert.errors import UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+HAVE_OPENSSH = Path(SSHD).is_file() and shutil.which("ssh") is not None and shutil.which("ssh-keygen") is not None
+needs_openssh = pytest.mark.skipif(not HAVE_OPENSSH, reason="OpenSSH is not installed (apt-get install "
+                                                          "openssh-server openssh-client)")
+WEIRD = "b 1;$(touch pwned)'\"`touch pwned2`x"  # spaces, ;, $(...), quotes, backticks
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(cli, [str(arg) for arg in args], env=env, prog_name="edgebert",
+                              catch_exceptions=False)
+
+
+def error_line(result, exit_code: int) -> str:
+    """The failure shape of every command: nothing on stdout, no traceback, exactly one `error: ` line."""
+    assert result.exit_code == exit_code, result.output
+    assert result.stdout == "", result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not HAVE_OPENSSH:
+        pytest.skip("OpenSSH is not installed (apt-get install openssh-server openssh-client)")
+    try:
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
+    except OSError as error:
+        pytest.skip(f"cannot create /run/sshd for sshd ({error.strerror})")
+    root = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgebert-test", "-f", str(root / key)],
+                       check=True, capture_output=True)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text("\n".join([
+        "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {root / 'host_key'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
+        "UsePAM no", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", ""]))
+    log = open(root / "sshd.log", "wb")
+    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                               stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"sshd exited with {process.returncode}: {(root / 'sshd.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"sshd did not listen on {port}: {(root / 'sshd.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield SimpleNamespace(port=port, key=root / "client_key", user=getpass.getuser(),
+                              host_key=(root / "host_key.pub").read_text().split()[1],
+                              host=f"ssh://{getpass.getuser()}@127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    from converters.pipeline import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny.s32"
+    convert(tiny_checkpoint, out, ConvertOptions(seq_len=32, validation_size=8))
+    return out
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The cache (ssh's known_hosts for deploy) in tmp_path: nothing is written to the real one."""
+    return {"EDGEBERT_CACHE": str(tmp_path / "cache")}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _no_pwned(tmp_path: Path):
+    """No file made by the injected `touch pwned`: under tmp_path (local and remote dirs), nor in the
+    directories a shell would have run it in (this one, the remote home, the repository, /)."""
+    names = ("pwned", "pwned2")
+    found = [str(p) for p in tmp_path.rglob("pwned*") if p.name in names]
+    found += [str(root / name) for root in {Path.cwd(), Path.home(), REPO, Path("/"), Path("/tmp")}
+              for name in names if (root / name).exists()]
+    assert found == []
+
+
+def _deploy_args(sshd, *bundles, remote, results, extra=()):
+    return ["deploy", "--host", sshd.host, "--identity", sshd.key, "--python", sys.executable,
+            "--remote-dir", remote, "--results", results, "--runs", "3", *extra, *bundles]
+
+
+# --- pure parts: the target and the remote quoting -----------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("ssh://pi@raspberrypi.local", Target("ssh", host="raspberrypi.local", user="pi")),
+    ("ssh://root@127.0.0.1:2222", Target("ssh", host="127.0.0.1", user="root", port=2222)),
+    ("ssh://host", Target("ssh", host="host")),
+    ("ssh://me@[::1]:22/", Target("ssh", host="::1", user="me", port=22)),
+    ("adb://emulator-5554", Target("adb", serial="emulator-5554")),
+    ("adb://192.168.1.5:5555", Target("adb", serial="192.168.1.5:5555")),
+])
+def test_parse_target(text, expected):
+    assert parse_target(text) == expected
+    assert str(parse_target(text)) == text.rstrip("/")
+
+
+@pytest.mark.parametrize("text", ["raspberrypi", "ssh://", "ssh://user@", "ssh://a@b:0", "ssh://a@b:x",
+                                  "ssh://-oProxyCommand=touch@x", "ssh://user@-oProxyCommand=x",
+                                  "ssh://a b@host", "ssh://a@ho;st", "http://host", "adb://", "adb://-s x",
+                                  "adb://a;b"])
+def test_parse_target_refuses(text):
+    with pytest.raises(UsageError) as error:
+        parse_target(text)
+    assert str(error.value).startswith(f"--host must be ssh://user@host[:port] or adb://SERIAL, got {text!r}")
+
+
+def test_remote_path_quotes_everything_but_a_leading_tilde():
+    assert remote_path("/tmp/a b;$(x)") == "'/tmp/a b;$(x)'"
+    assert remote_path("~/d $(x)") == "\"$HOME\"/'d $(x)'"
+    assert remote_path("~") == '"$HOME"'
+    out = subprocess.run(["sh", "-c", f"printf %s {remote_path(WEIRD)}"], capture_output=True, text=True)
+    assert out.stdout == WEIRD
+
+
+# --- the command line, no server needed ----------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["raspberrypi.local", "ssh://pi@host:99999", "ftp://pi@host",
+                                  "ssh://pi@host;touch pwned"])
+def test_bad_host_is_one_line_and_exit_2(host, tmp_path, env):
+    result = invoke("deploy", "--host", host, tmp_path, env=env)
+    line = error_line(result, 2)
+    assert line.startswith(f"error: --host must be ssh://user@host[:port] or adb://SERIAL, got {host!r}")
+
+
+def test_adb_without_adb_is_one_line(tmp_path, env):
+    result = invoke("deploy", "--host", "adb://emulator-5554", tmp_path, env={**env, "PATH": str(tmp_path)})
+    assert error_line(result, 1) == ("error: cannot deploy to adb://emulator-5554: adb is not installed here "
+                                     "(install Android's platform tools, e.g. apt-get install adb, and put adb "
+                                     "on PATH)")
+
+
+def test_a_bad_budget_is_refused_before_connecting(tiny_bundle, tmp_path, env):
+    budget = tmp_path / "budget.json"
+    budget.write_text('{"default": {"p90_ms": -1}}')
+    result = invoke("deploy", "--host", f"ssh://root@127.0.0.1:{_free_port()}", "--budget", budget,
+                    "--results", tmp_path / "results", tiny_bundle, env=env)
+    assert error_line(result, 2) == f"error: {budget}: default.p90_ms must be a positive number, got -1"
+
+
+@needs_openssh
+def test_unreachable_host_fails_fast_in_one_line(tiny_bundle, tmp_path, env):
+    port = _free_port()  # nothing listens there
+    started = time.monotonic()
+    result = invoke("deploy", "--host", f"ssh://root@127.0.0.1:{port}", "--results", tmp_path / "results",
+                    tiny_bundle, env=env)
+    assert time.monotonic() - started < 15
+    line = error_line(result, 1)
+    assert line.startswith(f"error: cannot reach ssh://root@127.0.0.1:{port} (")
+    assert "Connection refused" in line
+    assert not (tmp_path / "results").exists()
+
+
+# --- against the local sshd ----------------------------------------------------------------------------
+
+def test_deploy_end_to_end(sshd, tiny_bundle, tmp_path, env):
+    from edgebert.results import read_results
+
+    remote, results_dir = tmp_path / "remote", tmp_path / "results"
+    result = invoke(*_deploy_args(sshd, tiny_bundle, remote=remote, results=results_dir), env=env)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.stderr
+    progress = result.stderr.splitlines()
+    assert progress[0].startswith(f"connected to {sshd.host}: Python {sys.version.split()[0]}, ")
+    assert any(line.startswith("copying 1 bundle and edgebert's source") for line in progress)
+
+    # The bench table, the device tests' summary, and the results file, on stdout.
+    out = result.stdout
+    assert "p90 ms" in out and "tiny.s32" in out
+    assert f"device tests on {sshd.host}:" in out and "3 passed, 1 skipped" in out
+    saved = [p for p in results_dir.iterdir()]
+    assert len(saved) == 1 and saved[0].name.startswith("127.0.0.1-") and saved[0].suffix == ".json"
+    assert out.rstrip().endswith(f"results: {saved[0]}")
+    data = read_results(saved[0])
+    [measured] = data["results"]
+    assert "error" not in measured, measured
+    assert measured["bundle"]["name"] == "tiny.s32" and measured["settings"]["runs"] == 3
+    assert measured["bundle"]["path"] == str(remote / "bundles" / "tiny.s32")
+    assert data["deploy"]["target"] == sshd.host and data["deploy"]["remote_dir"] == str(remote)
+    assert data["deploy"]["device_tests"]["passed"] is True
+
+    # What arrived on the "device": the bundle byte for byte, the source, the marker.
+    for file in tiny_bundle.iterdir():
+        assert _sha(remote / "bundles" / "tiny.s32" / file.name) == _sha(file)
+    assert (remote / ".edgebert-deploy").is_file()
+    assert (remote / "code" / "edgebert" / "deploy.py").is_file()
+    assert (remote / "code" / "device_tests" / "conftest.py").is_file()
+    known_hosts = Path(env["EDGEBERT_CACHE"]) / "deploy" / "known_hosts"
+    assert sshd.host_key in known_hosts.read_text()  # accepted on first use, in the cache, not ~/.ssh
+
+
+def test_names_with_shell_syntax_arrive_intact_and_run_nothing(sshd, tiny_bundle, tmp_path, env, monkeypatch):
+    local = tmp_path / f"local {WEIRD}"
+    shutil.copytree(tiny_bundle, local / WEIRD)
+    remote, results_dir = tmp_path / f"remote {WEIRD}", tmp_path / f"results {WEIRD}"
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*_deploy_args(sshd, local / WEIRD, remote=remote, results=results_dir), env=env)
+    assert result.exit_code == 0, result.output
+    arrived = remote / "bundles" / WEIRD
+    assert sorted(p.name for p in arrived.iterdir()) == sorted(p.name for p in tiny_bundle.iterdir())
+    for file in tiny_bundle.iterdir():
+        assert _sha(arrived / file.name) == _sha(file)
+    assert "3 passed, 1 skipped" in result.stdout
+    [saved] = results_dir.iterdir()
+    assert json.loads(saved.read_text())["results"][0]["bundle"]["name"] == WEIRD
+    _no_pwned(tmp_path)
+
+
+def test_device_without_the_python_or_its_packages_is_one_line(sshd, tiny_bundle, tmp_path, env):
+    remote = tmp_path / "remote"
+    result = invoke("deploy", "--host", sshd.host, "--identity", sshd.key, "--python", "/nonexistent/python3",
+                    "--remote-dir", remote, "--results", tmp_path / "r", tiny_bundle, env=env)
+    assert error_line(result, 1) == (f"error: {sshd.host}: /nonexistent/python3 not found on the device (pass "
+                                     "--python with the device's Python 3, e.g. --python python3 or a virtual "
+                                     "environment's bin/python)")
+    bare = tmp_path / "bare python"  # the same Python without site-packages: no numpy, no interpreter
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    bare.chmod(0o755)
+    result = invoke("deploy", "--host", sshd.host, "--identity", sshd.key, "--python", bare,
+                    "--remote-dir", remote, "--results", tmp_path / "r", tiny_bundle, env=env)
+    line = error_line(result, 1)
+    assert line.startswith(f"error: {sshd.host}: the device's {bare} (Python {sys.version.split()[0]}) lacks ")
+    assert "numpy" in line and "ai-edge-litert (or tflite-runtime)" in line
+    assert line.endswith(f"; install them there: {bare} -m pip install click numpy pytest tokenizers ai-edge-litert")
+    assert not remote.exists()  # checked before anything was copied
+
+
+def test_refuses_a_remote_dir_it_did_not_make(sshd, tiny_bundle, tmp_path, env):
+    remote = tmp_path / "home"
+    remote.mkdir()
+    (remote / "precious.txt").write_text("mine")
+    result = invoke(*_deploy_args(sshd, tiny_bundle, remote=remote, results=tmp_path / "r"), env=env)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {sshd.host}: cannot prepare the remote directory {remote} ({remote} is not empty and was not "
+        "made by edgebert deploy; pass another --remote-dir)")
+    assert sorted(p.name for p in remote.iterdir()) == ["precious.txt"]
+
+
+def test_failing_device_tests_fail_the_deploy_over_adb(tiny_bundle, tmp_path, env):
+    """The adb flow, through a stand-in `adb` that runs on this machine, with a budget nobody meets."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "adb.log"
+    (bin_dir / "adb").write_text(f"""#!/bin/sh
+echo "$@" >> '{log}'
+[ "$1" = -s ] && [ "$2" = test-serial ] || {{ echo "error: device '$2' not found" >&2; exit 1; }}
+shift 2
+case "$1" in
+  get-state) echo device ;;
+  push|pull) cp -- "$2" "$3" ;;
+  shell) [ $# -eq 2 ] || exit 64; exec sh -c "$2" ;;
+  *) exit 64 ;;
+esac
+""")
+    (bin_dir / "adb").chmod(0o755)
+    budget = tmp_path / "budget.json"
+    budget.write_text(json.dumps({"default": {"p90_ms": 1e-6, "peak_mb": 1}}))
+    local = tmp_path / "bundles" / WEIRD
+    shutil.copytree(tiny_bundle, local)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    remote, results_dir = tmp_path / "device dir", tmp_path / "results"
+    result = invoke("deploy", "--host", "adb://test-serial", "--python", sys.executable, "--remote-dir", remote,
+                    "--results", results_dir, "--budget", budget, "--runs", "3", local, env={**env, "PATH": path})
+    assert result.exit_code == 1, result.output
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: adb://test-serial: the device tests failed (1 failed, 3 passed")
+    assert "p90 latency" in result.stdout and "exceeds the budget p90_ms 1e-06 ms" in result.stdout
+    assert "peak RSS" in result.stdout and "exceeds the budget peak_mb 1 MB" in result.stdout
+    [saved] = results_dir.iterdir()
+    data = json.loads(saved.read_text())
+    assert saved.name.startswith("test-serial-") and data["deploy"]["device_tests"]["passed"] is False
+    assert "push" in log.read_text() and "pull" in log.read_text()
+    _no_pwned(tmp_path)
+
+
+def test_deploy_and_the_device_suite_do_not_import_tensorflow():
+    code = ("import sys\n"
+            "import edgebert.deploy, edgebert.deploy_cli, device_tests.device_checks\n"
+            "from edgebert.cli import cli\n"
+            "print(sorted(m for m in ('tensorflow', 'tf_keras', 'converters') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
