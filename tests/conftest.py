@@ -59,3 +59,13 @@ def copy_of(tmp_path):
         shutil.copytree(directory, target)
         return target
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A dynamic-int8 bundle of the tiny encoder at seq 32 (read-only for tests)."""
+    from converters.pipeline import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny.s32"
+    convert(tiny_checkpoint, out, ConvertOptions(seq_len=32, validation_size=8))
+    return out

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgebert.errors import BundleError, UsageError
 from edgebert.results import BENCH_SCHEMA, LATENCY_KEYS, check_result, read_results
+from cli_helpers import error_line, invoke
 
 REPO = Path(__file__).resolve().parent.parent
 NO_TENSORFLOW = ("import sys; assert not any(m == 'tensorflow' or m.startswith('tensorflow.') or m == 'tf_keras' "
@@ -209,18 +209,8 @@ def test_device_facts_never_fail():
 
 # --- the command ---------------------------------------------------------------------------------------
 
-def invoke(*args):
-    from edgebert.cli import cli
-    return CliRunner().invoke(cli, [str(arg) for arg in args], prog_name="edgebert", catch_exceptions=False)
 
 
-def one_error_line(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_bench_command_prints_a_table_and_writes_the_results_file(bundles, tmp_path):
@@ -247,27 +237,27 @@ def test_bench_command_no_xnnpack(bundles):
 
 def test_bench_command_errors_are_one_line(bundles, damaged, tmp_path):
     absent = tmp_path / "absent"
-    assert one_error_line(invoke("bench", absent), 1) == \
+    assert error_line(invoke("bench", absent), 1) == \
         f"error: {absent}: not a bundle directory (no such directory)"
-    assert one_error_line(invoke("bench", bundles["fixed"], "--runs", 0), 2) == \
+    assert error_line(invoke("bench", bundles["fixed"], "--runs", 0), 2) == \
         "error: --runs must be an integer of at least 1, got 0"
-    assert one_error_line(invoke("bench", bundles["fixed"], "--warmup", -1), 2) == \
+    assert error_line(invoke("bench", bundles["fixed"], "--warmup", -1), 2) == \
         "error: --warmup must be an integer of at least 0, got -1"
-    assert one_error_line(invoke("bench", bundles["fixed"], "--threads", 0), 2) == \
+    assert error_line(invoke("bench", bundles["fixed"], "--threads", 0), 2) == \
         "error: --threads must be an integer of at least 1, got 0"
-    assert one_error_line(invoke("bench", bundles["fixed"], "--seq-len", 64), 2) == (
+    assert error_line(invoke("bench", bundles["fixed"], "--seq-len", 64), 2) == (
         f"error: {bundles['fixed']}: bundle has a fixed sequence length of 32; --seq-len 64 needs a bundle "
         "converted with --seq-len dynamic")
-    assert one_error_line(invoke("bench", bundles["fixed"], "--json", tmp_path / "no" / "r.json"), 1).startswith(
+    assert error_line(invoke("bench", bundles["fixed"], "--json", tmp_path / "no" / "r.json"), 1).startswith(
         f"error: {tmp_path / 'no' / 'r.json'}: cannot write here")
 
     model = damaged / "model.tflite"
     size = model.stat().st_size
     model.write_bytes(model.read_bytes()[: size // 2])
-    assert one_error_line(invoke("bench", bundles["fixed"], damaged), 1) == (
+    assert error_line(invoke("bench", bundles["fixed"], damaged), 1) == (
         f"error: {model}: is {size // 2} bytes but the manifest says {size} (truncated or replaced?)")
     (damaged / "manifest.json").write_text('{"schema_version": 1, ')
-    line = one_error_line(invoke("bench", damaged), 1)
+    line = error_line(invoke("bench", damaged), 1)
     assert line.startswith(f"error: {damaged / 'manifest.json'}: unreadable JSON (")
 
 

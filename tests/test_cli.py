@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgebert.cli import cli
+from cli_helpers import error_line, invoke
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANT_HINT = ("valid names: tiny, mini, small, medium, base, or L-<layers>_H-<hidden> with layers in "
@@ -31,21 +31,8 @@ GRID = [(layers, hidden) for layers in (2, 4, 6, 8, 10, 12) for hidden in (128, 
 BUNDLE_FILES = {"model.tflite", "tokenizer.json", "manifest.json", "golden.json"}
 
 
-def invoke(*args, env=None):
-    return CliRunner().invoke(cli, [str(arg) for arg in args], env=env, prog_name="edgebert",
-                              catch_exceptions=False)
 
 
-def error_line(result, exit_code: int, progress: tuple = ()) -> str:
-    """Assert the failure shape and return the error line: nothing on stdout, no traceback, and stderr
-    is the progress lines printed before the failure (if any), then exactly one `error: ` line."""
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert lines[:-1] == list(progress), result.stderr
-    assert lines[-1].startswith("error: ")
-    return lines[-1]
 
 
 def assert_no_staging(directory: Path):

@@ -35,7 +35,7 @@ def test_every_mode_gives_a_validated_bundle_on_builtin_ops(tiny_checkpoint, tmp
     from edgebert import tokenizer as tokenization
     from edgebert.bundle import BUNDLE_FILES, read_bundle
 
-    result = _convert(tiny_checkpoint, tmp_path / "b", quantize=mode)
+    _convert(tiny_checkpoint, tmp_path / "b", quantize=mode)
     assert sorted(os.listdir(tmp_path)) == ["b"]  # nothing else left behind
     bundle = read_bundle(tmp_path / "b")
     assert sorted(os.listdir(bundle.path)) == sorted(BUNDLE_FILES)

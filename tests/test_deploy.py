@@ -19,11 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
 
-from edgebert.cli import cli
 from edgebert.deploy import Target, parse_target, remote_path
 from edgebert.errors import UsageError
+from cli_helpers import error_line, invoke
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -33,19 +32,8 @@ needs_openssh = pytest.mark.skipif(not HAVE_OPENSSH, reason="OpenSSH is not inst
 WEIRD = "b 1;$(touch pwned)'\"`touch pwned2`x"  # spaces, ;, $(...), quotes, backticks
 
 
-def invoke(*args, env=None):
-    return CliRunner().invoke(cli, [str(arg) for arg in args], env=env, prog_name="edgebert",
-                              catch_exceptions=False)
 
 
-def error_line(result, exit_code: int) -> str:
-    """The failure shape of every command: nothing on stdout, no traceback, exactly one `error: ` line."""
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == "", result.stdout
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def _free_port() -> int:
@@ -101,14 +89,6 @@ def sshd(tmp_path_factory):
             process.wait()
         log.close()
 
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    from converters.pipeline import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny.s32"
-    convert(tiny_checkpoint, out, ConvertOptions(seq_len=32, validation_size=8))
-    return out
 
 
 @pytest.fixture

@@ -17,14 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    from converters.pipeline import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny.s32"
-    convert(tiny_checkpoint, out, ConvertOptions(seq_len=32, validation_size=8))
-    return out
-
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):

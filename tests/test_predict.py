@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgebert.errors import BundleError, UsageError
+from cli_helpers import error_line, invoke
 
 LABELS = ["neg", "neutral", "pos"]
 
@@ -35,18 +35,8 @@ def encoder(tmp_path_factory, tiny_checkpoint) -> Path:
     return out
 
 
-def invoke(*args, input=None):
-    from edgebert.cli import cli
-    return CliRunner().invoke(cli, [str(arg) for arg in args], input=input, prog_name="edgebert",
-                              catch_exceptions=False)
 
 
-def one_error_line(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 # --- the library ---------------------------------------------------------------------------------------
@@ -138,7 +128,7 @@ def test_predict_command_pairs(classifier):
     result = invoke("predict", classifier, "--pair", "--json", input="Is it open?\tIt opens at nine.\n")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["text"] == ["Is it open?", "It opens at nine."]
-    assert one_error_line(invoke("predict", classifier, "--pair", "no tab here"), 2) == \
+    assert error_line(invoke("predict", classifier, "--pair", "no tab here"), 2) == \
         "error: text 1 is not 'first<TAB>second': 'no tab here'"
 
 
@@ -153,13 +143,13 @@ def test_predict_command_encoder(encoder):
 
 
 def test_predict_command_errors(classifier, tmp_path):
-    assert one_error_line(invoke("predict", classifier, input=b"caf\xe9\n"), 2) == \
+    assert error_line(invoke("predict", classifier, input=b"caf\xe9\n"), 2) == \
         "error: stdin is not UTF-8 (bad byte at offset 3)"
-    assert one_error_line(invoke("predict", classifier, input="\n \n"), 2) == \
+    assert error_line(invoke("predict", classifier, input="\n \n"), 2) == \
         "error: no text on stdin (pass TEXT arguments, or one text per line on stdin)"
-    assert one_error_line(invoke("predict", classifier, ""), 2) == "error: text 1 is empty"
+    assert error_line(invoke("predict", classifier, ""), 2) == "error: text 1 is empty"
     absent = tmp_path / "absent"
-    assert one_error_line(invoke("predict", absent, "x"), 1) == \
+    assert error_line(invoke("predict", absent, "x"), 1) == \
         f"error: {absent}: not a bundle directory (no such directory)"
 
 

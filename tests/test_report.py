@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from edgebert.cli import cli
 from edgebert.report import RANDOM_NOTE, build_report, load_sweep
 from edgebert.results import BENCH_SCHEMA
 from edgebert.variants import Variant
+from cli_helpers import error_line, invoke
 
 pytest.importorskip("matplotlib", reason="the report needs matplotlib: pip install 'edgebert[report]'")
 
@@ -92,17 +91,8 @@ def write_sweep(directory: Path, results: list[dict]) -> Path:
     return directory
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(arg) for arg in args], prog_name="edgebert", catch_exceptions=False)
 
 
-def error_line(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def md_table(markdown: str, heading: str) -> list[list[str]]:

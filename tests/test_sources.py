@@ -1,6 +1,5 @@
 """Every kind of source the converter accepts, and every way one can be broken."""
 import json
-import shutil
 import zipfile
 
 import numpy as np
