@@ -17,6 +17,7 @@ import html
 import io
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -698,9 +699,11 @@ table.long td:last-child { white-space: normal; min-width: 180px; }
 """.strip()
 
 
-def render_html(sweep: dict) -> str:
+def render_html(sweep: dict, sections: list | None = None) -> str:
+    """The page; `sections` are `_figures(cells)` when the caller already has them."""
     cells, esc = sweep["cells"], html.escape
-    sections = _figures(cells)  # first: a missing matplotlib fails before anything else happens
+    if sections is None:
+        sections = _figures(cells)  # first: a missing matplotlib fails before anything else happens
     facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _facts(sweep))
     notes = "".join(f'<p class="note"><strong>note:</strong> {esc(n)}</p>' for n in _notes(cells, heat_maps=True))
     parts = [f"<h1>{TITLE}</h1>", f'<table class="facts">{facts}</table>', notes]
@@ -727,12 +730,13 @@ def render_html(sweep: dict) -> str:
             f"<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n")
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.tmp-",
-                                         delete=False)
+def _write_atomically(target: Path, content: str | bytes) -> None:
+    binary = isinstance(content, bytes)
+    handle = tempfile.NamedTemporaryFile("wb" if binary else "w", encoding=None if binary else "utf-8",
+                                         dir=target.parent, prefix=f".{target.name}.tmp-", delete=False)
     try:
         with handle:
-            handle.write(text)
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, target)
@@ -741,21 +745,33 @@ def _write_atomically(target: Path, text: str) -> None:
         raise
 
 
-def build_report(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80]
+
+
+def build_report(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 figures: bool = False) -> tuple[Path, Path]:
     """Write report.md and report.html for a sweep directory or results file; return their paths.
+    With `figures`, also write every plot as a PNG file under `figures/` (for a README to show).
 
     Both documents are rendered in memory first, so bad input or a missing matplotlib writes nothing;
     each file is then written to a temporary sibling and renamed into place.
     """
     sweep = load_sweep(path)
+    sections = _figures(sweep["cells"])
     markdown = render_markdown(sweep)
-    page = render_html(sweep)
+    page = render_html(sweep, sections)
     out = Path(out_dir) if out_dir is not None else sweep["directory"]
     if out.exists() and not out.is_dir():
         raise OutputError("exists and is not a directory", out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         md_path, html_path = out / REPORT_MD, out / REPORT_HTML
+        if figures:
+            (out / "figures").mkdir(exist_ok=True)
+            for _, plots, _ in sections:
+                for caption, png in plots:
+                    _write_atomically(out / "figures" / f"{_slug(caption)}.png", base64.b64decode(png))
         _write_atomically(md_path, markdown)
         _write_atomically(html_path, page)
     except OSError as error:

@@ -11,7 +11,8 @@ import click
 @click.argument("sweep", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Directory for report.md and report.html (default: DIR, or the results file's directory).")
-def report(sweep, out_dir):
+@click.option("--figures", is_flag=True, help="Also write every plot as a PNG file under figures/ (for a README).")
+def report(sweep, out_dir, figures):
     """Write report.md and a self-contained report.html for the sweep in DIR.
 
     DIR is a sweep directory (its results.json) or a bench results JSON file. The report has the device
@@ -23,6 +24,6 @@ def report(sweep, out_dir):
     """
     from edgebert.report import build_report
 
-    md_path, html_path = build_report(sweep, out_dir)
+    md_path, html_path = build_report(sweep, out_dir, figures=figures)
     click.echo(str(md_path))
     click.echo(str(html_path))

@@ -153,6 +153,16 @@ def test_report_command_writes_both_files_into_the_sweep_and_prints_their_paths(
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["report.html", "report.md", "results.json"]  # no temp files
 
 
+def test_figures_option_writes_each_plot_as_a_png_file(small_sweep, tmp_path):
+    result = invoke("report", small_sweep, "--out", tmp_path / "out", "--figures")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "out" / "figures").glob("*.png"))
+    embedded = (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,")
+    assert len(pngs) == embedded > 0
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert any(p.name.startswith("p50-latency-ms-") for p in pngs)
+
+
 def test_markdown_grid_tables_hold_each_figure_in_its_cell(built):
     md_path, _ = built
     markdown = md_path.read_text()
