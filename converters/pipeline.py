@@ -18,7 +18,7 @@ import numpy as np
 from converters.export import Compat, QuantizeMode, export_tflite
 from edgebert.quiet import native_output_silenced
 from converters.sources import Source, load_source
-from converters.validate import check_thresholds, compare_outputs
+from converters.validate import validate_export
 from edgebert import __version__, bundle, samples, tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError
 from edgebert.interpreter import SIGNATURE, TFLiteModel
@@ -108,30 +108,6 @@ def _texts(limit: int, path: Path | None = None) -> list:
 def _encode_each(tokenizer, texts: list, seq_len: int | None) -> list[dict[str, np.ndarray]]:
     """One [1, S] input dict per text (dynamic models see each text at its own length)."""
     return [tokenization.encode(tokenizer, [text], seq_len) for text in texts]
-
-
-def validate_export(keras_model, tflite: TFLiteModel, inputs, mode: QuantizeMode) -> dict:
-    """Compare example by example (dynamic models see each text at its own length), then merge."""
-    per_example = []
-    for example in inputs:
-        expected = {name: value.numpy() for name, value in keras_model(example, training=False).items()}
-        per_example.append(compare_outputs(expected, tflite(**example), example["attention_mask"]))
-    outputs = _merge_reports(per_example)
-    return {"examples": len(inputs), "outputs": outputs, "thresholds": check_thresholds(outputs, mode),
-            "passed": True}
-
-
-def _merge_reports(reports: list[dict]) -> dict:
-    merged = {}
-    for name in reports[0]:
-        values = [r[name] for r in reports]
-        merged[name] = {"max_abs_diff": max(v["max_abs_diff"] for v in values),
-                        "mean_abs_diff": float(np.mean([v["mean_abs_diff"] for v in values])),
-                        "min_cosine": min(v["min_cosine"] for v in values),
-                        "mean_cosine": float(np.mean([v["mean_cosine"] for v in values]))}
-        if "argmax_agreement" in values[0]:
-            merged[name]["argmax_agreement"] = float(np.mean([v["argmax_agreement"] for v in values]))
-    return merged
 
 
 def golden_examples(tflite: TFLiteModel, tokenizer, seq_len: int | None, mode: QuantizeMode) -> dict:

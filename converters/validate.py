@@ -74,3 +74,28 @@ def check_thresholds(report: dict[str, dict], mode: QuantizeMode) -> dict:
                 raise ValidationError(f"{name} argmax agreement vs float ({mode.value})",
                                       entry["argmax_agreement"], limits.min_agreement)
     return applied
+
+
+def validate_export(keras_model, tflite, inputs: list[dict[str, np.ndarray]], mode: QuantizeMode) -> dict:
+    """Run both models on every [1, S] input dict and check the figures against the mode's thresholds.
+    Compared example by example (dynamic models see each text at its own length), then merged."""
+    per_example = []
+    for example in inputs:
+        expected = {name: value.numpy() for name, value in keras_model(example, training=False).items()}
+        per_example.append(compare_outputs(expected, tflite(**example), example["attention_mask"]))
+    outputs = _merge_reports(per_example)
+    return {"examples": len(inputs), "outputs": outputs, "thresholds": check_thresholds(outputs, mode),
+            "passed": True}
+
+
+def _merge_reports(reports: list[dict]) -> dict:
+    merged = {}
+    for name in reports[0]:
+        values = [r[name] for r in reports]
+        merged[name] = {"max_abs_diff": max(v["max_abs_diff"] for v in values),
+                        "mean_abs_diff": float(np.mean([v["mean_abs_diff"] for v in values])),
+                        "min_cosine": min(v["min_cosine"] for v in values),
+                        "mean_cosine": float(np.mean([v["mean_cosine"] for v in values]))}
+        if "argmax_agreement" in values[0]:
+            merged[name]["argmax_agreement"] = float(np.mean([v["argmax_agreement"] for v in values]))
+    return merged
