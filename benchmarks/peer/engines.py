@@ -1,0 +1,184 @@
+"""The engines a worker can hold: each is imported (`import_runtime`), then loaded (`load`), then called
+with one int32 [1, S] feed dict, returning {"pooled_output", "sequence_output"} as numpy arrays.
+
+What one call covers, per engine (timed by the worker around `__call__`):
+
+- tf-float: the tf.function over the Keras model, fed the numpy arrays (TensorFlow converts them), with
+  `.numpy()` on both outputs;
+- ort-*: `InferenceSession.run` on int64 inputs (converted once, ahead of time: a user's tokenizer
+  would hand int64 straight to ORT), outputs are numpy already;
+- edgebert-*: `edgebert.interpreter.TFLiteModel.__call__`, the path `edgebert bench` times.
+
+Threads: TF intra-op = t, inter-op = 1 (set right after TensorFlow is imported, before it initializes);
+ORT SessionOptions.intra_op_num_threads = t, inter_op_num_threads = 1, sequential execution; LiteRT
+num_threads = t (XNNPACK).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Engine:
+    name = "?"
+    runtime = "?"
+    call_path = "?"
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.threads = int(spec["threads"])
+
+    def import_runtime(self) -> None:
+        """Import what the engine needs; done before the memory baseline, reported on its own."""
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def prepare_feed(self, feed: dict[str, np.ndarray]):
+        return feed
+
+    def __call__(self, feed) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def facts(self) -> dict:
+        """Anything the engine can tell about how it ran (partitions, op lists), after the runs."""
+        return {}
+
+
+class TFKerasEngine(Engine):
+    """converters.model.build_bert + set_google_weights, from the checkpoint, in a tf.function."""
+    call_path = ("tf.function(lambda inputs: model(inputs, training=False), input_signature=[dict of int32 "
+                 "[1,S] TensorSpecs], jit_compile=False); numpy in, .numpy() out")
+
+    def import_runtime(self):
+        import os
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from converters.tf_import import tf, tf_keras
+        # Before TensorFlow initializes its runtime (the first op or device query); it refuses afterwards.
+        tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import converters.model  # noqa: F401
+        self.tf = tf
+        self.runtime = f"tensorflow {tf.__version__} (tf_keras {tf_keras.__version__})"
+
+    def load(self):
+        import gc
+
+        from converters.model import INPUT_NAMES, build_bert, set_google_weights
+        from converters.sources import load_source
+
+        tf = self.tf
+        source = load_source(self.spec["checkpoint"])
+        seq_len = int(self.spec["seq_len"])
+        model = build_bert(source.config, seq_len)
+        set_google_weights(model, source.config, source.weights, source=str(source.path))
+        del source
+        gc.collect()
+        specs = {name: tf.TensorSpec([1, seq_len], tf.int32, name=name) for name in INPUT_NAMES}
+        self.model = model
+        self.function = tf.function(lambda inputs: model(inputs, training=False), input_signature=[specs],
+                                    jit_compile=False)
+        self.parameter_bytes = int(sum(np.prod(w.shape) * 4 for w in model.weights))
+
+    def __call__(self, feed):
+        outputs = self.function(feed)
+        return {"pooled_output": outputs["pooled_output"].numpy(),
+                "sequence_output": outputs["sequence_output"].numpy()}
+
+    def facts(self):
+        return {"tf_intra_op_threads": self.tf.config.threading.get_intra_op_parallelism_threads(),
+                "tf_inter_op_threads": self.tf.config.threading.get_inter_op_parallelism_threads(),
+                "parameter_bytes": self.parameter_bytes}
+
+
+class OrtEngine(Engine):
+    call_path = ("InferenceSession.run(output names, int64 feeds), CPUExecutionProvider, graph optimization "
+                 "ORT_ENABLE_ALL")
+    OUTPUTS = {"last_hidden_state": "sequence_output", "pooler_output": "pooled_output"}
+
+    def import_runtime(self):
+        import onnxruntime
+        self.ort = onnxruntime
+        self.runtime = f"onnxruntime {onnxruntime.__version__}"
+
+    def load(self):
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(self.spec["model"], options, providers=["CPUExecutionProvider"])
+        self.input_types = {i.name: (np.int64 if i.type == "tensor(int64)" else np.int32)
+                            for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def prepare_feed(self, feed):
+        return {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self.input_types.items()}
+
+    def __call__(self, feed):
+        values = self.session.run(self.output_names, feed)
+        return {self.OUTPUTS[name]: value for name, value in zip(self.output_names, values)}
+
+    def facts(self):
+        return {"providers": self.session.get_providers(),
+                "input_dtypes": {name: np.dtype(dtype).name for name, dtype in self.input_types.items()}}
+
+
+class TFLiteEngine(Engine):
+    call_path = "edgebert.interpreter.TFLiteModel.__call__ (signature runner, XNNPACK default delegate)"
+
+    def import_runtime(self):
+        from edgebert.interpreter import find_runtime
+        self.found = find_runtime("auto")
+        self.runtime = self.found.describe()
+
+    def load(self):
+        from edgebert.interpreter import TFLiteModel
+        self.model = TFLiteModel(self.spec["model"], num_threads=self.threads, runtime=self.found.name)
+
+    def prepare_feed(self, feed):
+        return {name: np.ascontiguousarray(value, dtype=np.int32) for name, value in feed.items()}
+
+    def __call__(self, feed):
+        outputs = self.model(**feed)
+        return {"pooled_output": outputs["pooled_output"], "sequence_output": outputs["sequence_output"]}
+
+    def facts(self):
+        """XNNPACK's partitions (the ops each took over) and the ops left to LiteRT's builtin kernels."""
+        try:
+            ops = self.model.interpreter._get_ops_details()
+        except (AttributeError, ValueError, RuntimeError):
+            return {}
+        partitions, outside = delegate_coverage(ops)
+        return {"xnnpack_partitions": len(partitions), "partition_ops": partitions, "ops_outside_xnnpack": outside}
+
+
+def delegate_coverage(ops: list[dict]) -> tuple[list[dict], dict]:
+    """After delegation the node list holds the original nodes plus one DELEGATE node per partition. A
+    partition covers the original nodes between its inputs and outputs: walk back from its outputs through
+    the producing nodes, stopping at its inputs. Returns ([ops per partition], ops outside every one)."""
+    import collections
+
+    producer = {int(t): op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    covered, partitions = set(), []
+    for delegate in (op for op in ops if op["op_name"] == "DELEGATE"):
+        stop, seen = {int(t) for t in delegate["inputs"]}, set()
+        stack = [int(t) for t in delegate["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            if tensor in stop or tensor not in producer or producer[tensor]["index"] in seen:
+                continue
+            seen.add(producer[tensor]["index"])
+            stack.extend(int(t) for t in producer[tensor]["inputs"] if t >= 0)
+        covered |= seen
+        partitions.append(dict(collections.Counter(op["op_name"] for op in ops if op["index"] in seen).most_common()))
+    outside = collections.Counter(op["op_name"] for op in ops if op["op_name"] != "DELEGATE" and op["index"] not in covered)
+    return partitions, dict(outside.most_common())
+
+
+def make_engine(spec: dict) -> Engine:
+    kind = spec["kind"]
+    engine = {"tf": TFKerasEngine, "ort": OrtEngine, "tflite": TFLiteEngine}[kind](spec)
+    engine.name = spec["engine"]
+    return engine
