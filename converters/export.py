@@ -62,12 +62,20 @@ def serving_function(model: tf_keras.Model, seq_len: int | None):
 def export_tflite(model: tf_keras.Model, seq_len: int | None, mode: QuantizeMode,
                   calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
                   compat: Compat | None = None) -> bytes:
-    """Convert to TFLite. `calibration` yields input dicts of real tokenized text (int8 only)."""
+    """Convert BERT's serving function to TFLite. `calibration` yields input dicts of real tokenized
+    text (int8 only)."""
+    return convert_function(serving_function(model, seq_len), model, mode, calibration, compat)
+
+
+def convert_function(function, trackable, mode: QuantizeMode,
+                     calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+                     compat: Compat | None = None) -> bytes:
+    """Any concrete function (BERT's, or a benchmark's single layer) to TFLite bytes in `mode`, on
+    builtin ops only. `trackable` owns the function's variables (the Keras model or layer)."""
     if compat is Compat.TFLITE_RUNTIME_2_14 and mode is not QuantizeMode.DYNAMIC_INT8:
         raise UsageError(f"--compat {compat.value} only changes dynamic-int8 models; "
                          f"{mode.value} already loads in tflite-runtime 2.14")
-    function = serving_function(model, seq_len)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode is QuantizeMode.FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -30,6 +30,7 @@ def build_components(config, seq_len: int, out_dir: Path) -> list[dict]:
     import numpy as np
 
     from converters.model import AttentionMaskBias, ScaledDotProductAttention, _activation, _layer_norm, encoder_layer
+    from converters.export import QuantizeMode, convert_function
     from converters.tf_import import tf, tf_keras
     from edgebert.quiet import native_output_silenced
 
@@ -72,12 +73,8 @@ def build_components(config, seq_len: int, out_dir: Path) -> list[dict]:
         specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
         function = tf.function(lambda *args, m=model: m(list(args) if len(args) > 1 else args[0]),
                                input_signature=specs)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if mode == "dynamic-int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         with native_output_silenced():
-            data = converter.convert()
+            data = convert_function(function.get_concrete_function(), model, QuantizeMode(mode))
         path = out_dir / f"component{index}.tflite"
         path.write_bytes(data)
         written.append({"name": name, "mode": mode, "path": str(path), "macs": 0, "shape": [s, h, i]})

@@ -60,6 +60,7 @@ def build_fc_models(shapes, out_dir: Path, seed: int = 0) -> list[dict]:
     fly). Returns [{"shape", "mode", "path", "macs"}]."""
     import numpy as np
 
+    from converters.export import QuantizeMode, convert_function
     from converters.tf_import import tf, tf_keras
     from edgebert.quiet import native_output_silenced
 
@@ -80,12 +81,8 @@ def build_fc_models(shapes, out_dir: Path, seed: int = 0) -> list[dict]:
         for mode in ("float32", "dynamic-int8"):
             path = out_dir / f"fc_{m}x{k}x{n}.{mode}.tflite"
             if not path.is_file():
-                converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], dense)
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-                if mode == "dynamic-int8":
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
                 with native_output_silenced():
-                    data = converter.convert()
+                    data = convert_function(serve.get_concrete_function(), dense, QuantizeMode(mode))
                 path.write_bytes(data)
             models.append({"shape": [m, k, n], "mode": mode, "path": str(path), "macs": m * k * n})
     return models
