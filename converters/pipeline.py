@@ -87,8 +87,8 @@ def bundle_tokenizer(source: Source, seq_len: int | None):
 
 def _resolve_head(source: Source, head: Head) -> int:
     if head is Head.CLASSIFIER and not source.num_labels:
-        raise UsageError(f"{source.path}: has no classifier head (output_weights/output_bias or classifier.*); "
-                         "use --head encoder")
+        raise UsageError("has no classifier head (output_weights/output_bias or classifier.*); use --head encoder",
+                         source.path)
     return 0 if head is Head.ENCODER else source.num_labels
 
 

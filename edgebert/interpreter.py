@@ -85,12 +85,6 @@ class TFLiteModel:
             return outputs
         return self._runner(**feed)
 
-    def run_batch(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run [N, S] inputs one row at a time (the models take batch 1); stack the outputs."""
-        rows = len(next(iter(encoded.values())))
-        outputs = [self(**{name: encoded[name][i:i + 1] for name in self.input_names}) for i in range(rows)]
-        return {name: np.concatenate([out[name] for out in outputs]) for name in self.output_names}
-
     def delegate_partitions(self) -> int | None:
         """How many partitions of the graph a delegate took over (XNNPACK, the default delegate, is applied
         lazily by the first call, which replaces each run of nodes it accepts by one DELEGATE node):

@@ -34,8 +34,6 @@ from pathlib import Path
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUTS = ("last_hidden_state", "pooler_output")
-FUSED_OPS = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
-             "LayerNormalization", "FastGelu", "Gelu", "BiasGelu")
 QUANTIZED_OPS = ("QEmbedLayerNormalization", "QAttention", "DynamicQuantizeMatMul", "MatMulInteger",
                  "DynamicQuantizeLinear")
 

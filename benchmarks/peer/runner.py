@@ -21,7 +21,6 @@ thread count.
 from __future__ import annotations
 
 import json
-import math
 import os
 import select
 import shutil
@@ -510,6 +509,3 @@ def run_peer(settings: Settings, out: Path, log: Callable[[str], None] = print) 
     write_outputs(results, out, final=True)
     return results
 
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
