@@ -22,6 +22,8 @@ CHECKPOINT_PREFIX = "bert_model.ckpt"
 CLASSIFIER_WEIGHTS, CLASSIFIER_BIAS = "output_weights", "output_bias"
 # Written beside random checkpoints so that bundles and results made from them say so.
 RANDOM_MARKER = "edgebert_random_weights.json"
+# Written by fine-tuning, pruning and vocabulary trimming: labels, lower-casing and what was done.
+SOURCE_RECORD = "edgebert_source.json"
 
 
 def encoder_variable_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -101,10 +103,13 @@ def write_checkpoint(weights: dict[str, np.ndarray], prefix: Path) -> None:
             saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
 
 
-def write_random_checkpoint(config: BertConfig, out_dir: Path, vocab: list[str], *, seed: int = 0,
-                            num_labels: int = 0, force: bool = False) -> Path:
+def write_checkpoint_directory(out_dir: Path, config: BertConfig, weights: dict[str, np.ndarray],
+                               vocab: list[str], *, record: dict | None = None, force: bool = False,
+                               extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete Google-style checkpoint directory (bert_config.json, vocab.txt,
-    bert_model.ckpt.{index,data-00000-of-00001}) with random weights, atomically."""
+    bert_model.ckpt.{index,data-00000-of-00001}) atomically: staged beside out_dir, then renamed.
+    `record` (what edgebert did to make these weights: labels, lower-casing, fine-tuning and pruning
+    steps) goes to SOURCE_RECORD, which `edgebert convert` carries into the bundle's manifest."""
     out_dir = Path(out_dir)
     if len(vocab) != config.vocab_size:
         raise ConfigError(f"vocab has {len(vocab)} tokens but the config says vocab_size {config.vocab_size}")
@@ -113,10 +118,13 @@ def write_random_checkpoint(config: BertConfig, out_dir: Path, vocab: list[str],
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        write_checkpoint(random_weights(config, seed=seed, num_labels=num_labels), staging / CHECKPOINT_PREFIX)
+        write_checkpoint(weights, staging / CHECKPOINT_PREFIX)
         (staging / "bert_config.json").write_text(json.dumps(config.to_google_json(), indent=2) + "\n")
         (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        (staging / RANDOM_MARKER).write_text(json.dumps({"seed": seed, "num_labels": num_labels}) + "\n")
+        if record is not None:
+            (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -124,6 +132,28 @@ def write_random_checkpoint(config: BertConfig, out_dir: Path, vocab: list[str],
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def read_source_record(directory: Path) -> dict:
+    """SOURCE_RECORD of a directory edgebert wrote ({} when absent); a bad one is a SourceError."""
+    path = Path(directory) / SOURCE_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SourceError(f"unreadable edgebert record ({error})", path) from None
+    if not isinstance(record, dict) or not isinstance(record.get("history", []), list):
+        raise SourceError("edgebert record is not a JSON object with a 'history' list", path)
+    return record
+
+
+def write_random_checkpoint(config: BertConfig, out_dir: Path, vocab: list[str], *, seed: int = 0,
+                            num_labels: int = 0, force: bool = False) -> Path:
+    """A complete Google-style checkpoint directory with random weights, marked as random."""
+    marker = json.dumps({"seed": seed, "num_labels": num_labels}) + "\n"
+    return write_checkpoint_directory(out_dir, config, random_weights(config, seed=seed, num_labels=num_labels),
+                                      vocab, force=force, extra_files={RANDOM_MARKER: marker})
 
 
 def find_checkpoint_prefix(directory: Path) -> Path:

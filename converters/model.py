@@ -58,28 +58,31 @@ class AttentionMaskBias(tf_keras.layers.Layer):
 class ScaledDotProductAttention(tf_keras.layers.Layer):
     """softmax(Q K^T / sqrt(D) + mask) V over N heads; the projections are Dense layers outside."""
 
-    def __init__(self, num_heads: int, **kwargs):
+    def __init__(self, num_heads: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
+        self.num_heads, self.dropout = num_heads, dropout
 
     def _split_heads(self, x, head_size):  # (B, S, H)
         shape = tf.shape(x)
         x = tf.reshape(x, [shape[0], shape[1], self.num_heads, head_size])  # (B, S, N, D)
         return tf.transpose(x, [0, 2, 1, 3])  # (B, N, S, D)
 
-    def call(self, query, key, value, mask_bias):
+    def call(self, query, key, value, mask_bias, training=None):
         head_size = query.shape[-1] // self.num_heads
         q = self._split_heads(query * (1.0 / math.sqrt(head_size)), head_size)  # (B, N, S, D)
         k = self._split_heads(key, head_size)  # (B, N, S, D)
         v = self._split_heads(value, head_size)  # (B, N, S, D)
         scores = tf.matmul(q, k, transpose_b=True) + mask_bias  # (B, N, S, S)
-        context = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # (B, N, S, D)
+        probs = tf.nn.softmax(scores, axis=-1)  # (B, N, S, S)
+        if training and self.dropout:  # fine-tuning only; never part of an exported graph
+            probs = tf.nn.dropout(probs, self.dropout)
+        context = tf.matmul(probs, v)  # (B, N, S, D)
         context = tf.transpose(context, [0, 2, 1, 3])  # (B, S, N, D)
         shape = tf.shape(context)
         return tf.reshape(context, [shape[0], shape[1], self.num_heads * head_size])  # (B, S, H)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads}
+        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
@@ -94,38 +97,48 @@ def _layer_norm(config: BertConfig, name: str):
     return tf_keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
 
 
-def encoder_layer(x, mask_bias, config: BertConfig, index: int):
+def _dropout(rate: float, name: str):
+    """BERT's hidden dropout while fine-tuning; an identity (no layer at all) for export."""
+    return tf_keras.layers.Dropout(rate, name=name) if rate else (lambda x: x)
+
+
+def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0):
     """One transformer layer (post-LayerNorm, as in BERT)."""
     p = f"layer_{index}"
     dense = tf_keras.layers.Dense
     query = dense(config.hidden_size, name=f"{p}_query")(x)  # (B, S, H)
     key = dense(config.hidden_size, name=f"{p}_key")(x)  # (B, S, H)
     value = dense(config.hidden_size, name=f"{p}_value")(x)  # (B, S, H)
-    context = ScaledDotProductAttention(config.num_heads, name=f"{p}_attention")(query, key, value, mask_bias)
+    context = ScaledDotProductAttention(config.num_heads, dropout,
+                                        name=f"{p}_attention")(query, key, value, mask_bias)
     attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, S, H)
+    attended = _dropout(dropout, f"{p}_attention_dropout")(attended)
     x = _layer_norm(config, f"{p}_attention_layer_norm")(x + attended)  # (B, S, H)
     inner = dense(config.intermediate_size, activation=_activation(config.activation),
                   name=f"{p}_intermediate")(x)  # (B, S, I)
-    out = dense(config.hidden_size, name=f"{p}_output")(inner)  # (B, S, H)
+    out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, S, H)
     return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, S, H)
 
 
-def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0) -> tf_keras.Model:
+def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
+               dropout: float = 0.0) -> tf_keras.Model:
     """The encoder (outputs `sequence_output`, `pooled_output`), or with num_labels a classifier
-    (output `logits`). seq_len None builds a model for any length up to max_positions."""
+    (output `logits`). seq_len None builds a model for any length up to max_positions. `dropout` is
+    for fine-tuning (BERT uses 0.1); the weights are the same with or without it."""
     inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
     words = tf_keras.layers.Embedding(config.vocab_size, config.hidden_size,
                                       name="word_embeddings")(inputs["input_ids"])  # (B, S, H)
     types = tf_keras.layers.Embedding(config.type_vocab_size, config.hidden_size,
                                       name="token_type_embeddings")(inputs["token_type_ids"])  # (B, S, H)
     x = PositionEmbedding(config.max_positions, config.hidden_size, name="position_embeddings")(words + types)
-    x = _layer_norm(config, "embeddings_layer_norm")(x)  # (B, S, H)
+    x = _dropout(dropout, "embeddings_dropout")(_layer_norm(config, "embeddings_layer_norm")(x))  # (B, S, H)
     mask_bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
     for index in range(config.num_layers):
-        x = encoder_layer(x, mask_bias, config, index)
+        x = encoder_layer(x, mask_bias, config, index, dropout)
     pooled = tf_keras.layers.Dense(config.hidden_size, activation="tanh",
                                    name="pooler")(FirstToken(name="first_token")(x))  # (B, H)
     if num_labels:
+        pooled = _dropout(dropout, "pooled_dropout")(pooled)
         logits = tf_keras.layers.Dense(num_labels, name="classifier")(pooled)  # (B, num_labels)
         return tf_keras.Model(inputs, {"logits": logits}, name="bert_classifier")
     return tf_keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name="bert_encoder")
@@ -190,3 +203,12 @@ def set_google_weights(model: tf_keras.Model, config: BertConfig, weights: dict[
             raise ConfigError(f"layer {layer_name} has {len(layer.weights)} weights, mapped {len(values)}", source)
         layer.set_weights(values)
     return sorted(set(weights) - used)
+
+
+def get_google_weights(model: tf_keras.Model, config: BertConfig, num_labels: int = 0) -> dict[str, np.ndarray]:
+    """The inverse of set_google_weights: every weight of the model under its Google name."""
+    weights = {}
+    for layer_name, variable_names in google_names(config, num_labels).items():
+        for variable, name in zip(model.get_layer(layer_name).get_weights(), variable_names):
+            weights[name] = keras_value(name, np.asarray(variable, dtype=np.float32))  # .T is its own inverse
+    return weights

@@ -207,7 +207,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {"path": str(source.path), "kind": source.kind, "sha256": source.sha256,
                    "variant": variant.name if variant else None, "random_weights": source.random_weights,
-                   "unused_variables": unused},
+                   "unused_variables": unused, "history": source.history},
         "model": config.to_dict(),
         "head": "classifier" if num_labels else "encoder",
         "labels": labels,

@@ -36,6 +36,9 @@ class Source:
     labels: list[str] = field(default_factory=list)
     sha256: str = ""
     random_weights: bool = False
+    # What edgebert did to make these weights (fine-tuning, pruning, trimming), oldest first; the
+    # bundle's manifest carries it.
+    history: list[dict] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -97,11 +100,15 @@ def load_google_directory(directory: Path, lowercase: bool | None = None, prefix
     prefix = prefix or google_checkpoint.find_checkpoint_prefix(directory)
     weights = google_checkpoint.read_checkpoint(prefix)
     check_weights_match(config, weights, config_path)
+    record = google_checkpoint.read_source_record(directory)
+    if lowercase is None:
+        lowercase = record.get("lowercase", not tokenization.vocab_is_cased(vocab))
     files = [config_path, vocab_path, *prefix.parent.glob(prefix.name + ".*")]
-    return Source(path=directory, kind="google-checkpoint", config=config, weights=weights,
-                  lowercase=(not tokenization.vocab_is_cased(vocab)) if lowercase is None else lowercase,
-                  vocab=vocab, sha256=directory_sha256(files),
-                  random_weights=(directory / google_checkpoint.RANDOM_MARKER).is_file())
+    return Source(path=directory, kind="google-checkpoint", config=config, weights=weights, lowercase=bool(lowercase),
+                  vocab=vocab, sha256=directory_sha256(files), labels=[str(x) for x in record.get("labels", [])],
+                  random_weights=(directory / google_checkpoint.RANDOM_MARKER).is_file()
+                  or bool(record.get("random_init")),
+                  history=list(record.get("history", [])))
 
 
 def load_google_zip(zip_path: Path, lowercase: bool | None = None) -> Source:
