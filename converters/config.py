@@ -3,6 +3,12 @@
 Nothing here assumes the 24-grid: head size is hidden/heads (not always 64), intermediate is whatever
 the config says, and the activation keeps the meaning of the file it came from (Google's `gelu` is
 the tanh approximation; Hugging Face's `gelu` is the exact erf form and `gelu_new` the tanh form).
+
+Structured pruning (converters/structured.py) gives layers their own head and FFN counts:
+`layer_heads` and `layer_intermediate_sizes` (empty: every layer has `num_heads` heads and
+`intermediate_size` neurons). `num_heads` stays the original count, so the head size is unchanged.
+Google's bert_config.json has no key for them; edgebert writes `edgebert_layer_heads` and
+`edgebert_layer_intermediate_sizes`, only when the layers differ from the uniform shape.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ _GOOGLE_ACTIVATIONS = {"gelu": Activation.GELU_TANH, "relu": Activation.RELU}
 _HF_ACTIVATIONS = {"gelu": Activation.GELU_ERF, "gelu_new": Activation.GELU_TANH,
                    "gelu_pytorch_tanh": Activation.GELU_TANH, "gelu_fast": Activation.GELU_TANH,
                    "relu": Activation.RELU}
+# edgebert's own keys in bert_config.json / config.json for per-layer shapes (written only when non-uniform).
+LAYER_HEADS_KEY, LAYER_INTERMEDIATE_KEY = "edgebert_layer_heads", "edgebert_layer_intermediate_sizes"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,10 @@ class BertConfig:
     type_vocab_size: int = TYPE_VOCAB_SIZE
     activation: Activation = Activation.GELU_TANH
     layer_norm_eps: float = 1e-12
+    # Per-layer shapes after structured pruning; () is uniform. A tuple equal to the uniform shape
+    # is stored as (), so that equal models compare and serialize equal.
+    layer_heads: tuple[int, ...] = ()
+    layer_intermediate_sizes: tuple[int, ...] = ()
 
     def __post_init__(self):
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -49,10 +61,43 @@ class BertConfig:
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         object.__setattr__(self, "activation", Activation(self.activation))
+        for field, uniform in (("layer_heads", self.num_heads), ("layer_intermediate_sizes", self.intermediate_size)):
+            object.__setattr__(self, field, self._per_layer(field, getattr(self, field), uniform))
+
+    def _per_layer(self, field: str, values, uniform: int) -> tuple[int, ...]:
+        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+            raise ConfigError(f"{field} must be a list of {self.num_layers} positive integers, got {values!r}")
+        values = tuple(values)
+        if not values:
+            return ()
+        if len(values) != self.num_layers:
+            raise ConfigError(f"{field} has {len(values)} entries but num_layers is {self.num_layers}")
+        for value in values:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{field} must hold positive integers, got {value!r} in {list(values)}")
+        return () if all(value == uniform for value in values) else values
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def heads_in(self, layer: int) -> int:
+        """Attention heads of encoder layer `layer` (0-based)."""
+        self._check_layer(layer)
+        return self.layer_heads[layer] if self.layer_heads else self.num_heads
+
+    def intermediate_in(self, layer: int) -> int:
+        """FFN neurons of encoder layer `layer` (0-based)."""
+        self._check_layer(layer)
+        return self.layer_intermediate_sizes[layer] if self.layer_intermediate_sizes else self.intermediate_size
+
+    def attention_width(self, layer: int) -> int:
+        """Width of the layer's Q/K/V projections (and input width of its attention output)."""
+        return self.heads_in(layer) * self.head_size
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range for {self.num_layers} layers")
 
     @classmethod
     def from_variant(cls, variant: Variant, vocab_size: int = VOCAB_SIZE) -> "BertConfig":
@@ -88,6 +133,8 @@ class BertConfig:
                 type_vocab_size=raw.get("type_vocab_size", TYPE_VOCAB_SIZE),
                 activation=names[act_name],
                 layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
+                layer_heads=raw.get(LAYER_HEADS_KEY, ()),
+                layer_intermediate_sizes=raw.get(LAYER_INTERMEDIATE_KEY, ()),
             )
         except KeyError as missing:
             raise ConfigError(f"missing key {missing.args[0]!r}", path) from None
@@ -98,7 +145,7 @@ class BertConfig:
         """The dict Google's release writes as `bert_config.json`."""
         if self.activation is Activation.GELU_ERF:
             raise ConfigError("Google's bert_config.json cannot express the erf GELU")
-        return {
+        google = {
             "attention_probs_dropout_prob": 0.1,
             "hidden_act": "gelu" if self.activation is Activation.GELU_TANH else "relu",
             "hidden_dropout_prob": 0.1,
@@ -111,6 +158,13 @@ class BertConfig:
             "type_vocab_size": self.type_vocab_size,
             "vocab_size": self.vocab_size,
         }
+        if self.layer_heads:
+            google[LAYER_HEADS_KEY] = list(self.layer_heads)
+        if self.layer_intermediate_sizes:
+            google[LAYER_INTERMEDIATE_KEY] = list(self.layer_intermediate_sizes)
+        return google
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "activation": self.activation.value, "head_size": self.head_size}
+        return {**asdict(self), "activation": self.activation.value, "head_size": self.head_size,
+                "layer_heads": list(self.layer_heads),
+                "layer_intermediate_sizes": list(self.layer_intermediate_sizes)}

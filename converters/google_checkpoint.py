@@ -28,7 +28,7 @@ SOURCE_RECORD = "edgebert_source.json"
 
 def encoder_variable_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """The variables the exported encoder uses, in Google's order, with their shapes."""
-    h, i = config.hidden_size, config.intermediate_size
+    h = config.hidden_size
     shapes = {
         "bert/embeddings/word_embeddings": (config.vocab_size, h),
         "bert/embeddings/token_type_embeddings": (config.type_vocab_size, h),
@@ -38,9 +38,10 @@ def encoder_variable_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     }
     for n in range(config.num_layers):
         layer = f"bert/encoder/layer_{n}"
+        w, i = config.attention_width(n), config.intermediate_in(n)  # smaller after structured pruning
         for dense, (d_in, d_out) in {
-            "attention/self/query": (h, h), "attention/self/key": (h, h), "attention/self/value": (h, h),
-            "attention/output/dense": (h, h), "intermediate/dense": (h, i), "output/dense": (i, h),
+            "attention/self/query": (h, w), "attention/self/key": (h, w), "attention/self/value": (h, w),
+            "attention/output/dense": (w, h), "intermediate/dense": (h, i), "output/dense": (i, h),
         }.items():
             shapes[f"{layer}/{dense}/kernel"] = (d_in, d_out)
             shapes[f"{layer}/{dense}/bias"] = (d_out,)

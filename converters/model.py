@@ -18,11 +18,20 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MASKED_SCORE = -10000.0  # what Google's modeling.py adds to scores of padding positions
 
 
+@tf_keras.utils.register_keras_serializable("edgebert")
+def gelu_tanh(x):
+    return tf.nn.gelu(x, approximate=True)  # both GELUs become the builtin GELU op
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+def gelu_erf(x):
+    return tf.nn.gelu(x, approximate=False)
+
+
 def _activation(kind: Activation):
-    if kind is Activation.RELU:
-        return tf.nn.relu
-    approximate = kind is Activation.GELU_TANH
-    return lambda x: tf.nn.gelu(x, approximate=approximate)  # both become the builtin GELU op
+    # Named, registered functions (not lambdas) so that a Dense layer survives clone_model, which
+    # tensorflow-model-optimization's pruning wrappers go through.
+    return {Activation.RELU: tf.nn.relu, Activation.GELU_TANH: gelu_tanh, Activation.GELU_ERF: gelu_erf}[kind]
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
@@ -103,19 +112,21 @@ def _dropout(rate: float, name: str):
 
 
 def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0):
-    """One transformer layer (post-LayerNorm, as in BERT)."""
+    """One transformer layer (post-LayerNorm, as in BERT). After structured pruning a layer may have
+    fewer heads (N_l, width W_l = N_l * D) and neurons (I_l) than the config's uniform shape."""
     p = f"layer_{index}"
     dense = tf_keras.layers.Dense
-    query = dense(config.hidden_size, name=f"{p}_query")(x)  # (B, S, H)
-    key = dense(config.hidden_size, name=f"{p}_key")(x)  # (B, S, H)
-    value = dense(config.hidden_size, name=f"{p}_value")(x)  # (B, S, H)
-    context = ScaledDotProductAttention(config.num_heads, dropout,
-                                        name=f"{p}_attention")(query, key, value, mask_bias)
+    width = config.attention_width(index)
+    query = dense(width, name=f"{p}_query")(x)  # (B, S, W_l)
+    key = dense(width, name=f"{p}_key")(x)  # (B, S, W_l)
+    value = dense(width, name=f"{p}_value")(x)  # (B, S, W_l)
+    context = ScaledDotProductAttention(config.heads_in(index), dropout,
+                                        name=f"{p}_attention")(query, key, value, mask_bias)  # (B, S, W_l)
     attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, S, H)
     attended = _dropout(dropout, f"{p}_attention_dropout")(attended)
     x = _layer_norm(config, f"{p}_attention_layer_norm")(x + attended)  # (B, S, H)
-    inner = dense(config.intermediate_size, activation=_activation(config.activation),
-                  name=f"{p}_intermediate")(x)  # (B, S, I)
+    inner = dense(config.intermediate_in(index), activation=_activation(config.activation),
+                  name=f"{p}_intermediate")(x)  # (B, S, I_l)
     out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, S, H)
     return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, S, H)
 

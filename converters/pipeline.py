@@ -44,6 +44,11 @@ class ConvertOptions:
     lowercase: bool | None = None  # None: follow the checkpoint
     labels: tuple[str, ...] = ()
     force: bool = False
+    # A labelled task TSV to score the exported model.tflite on (manifest "evaluation"); its columns are
+    # detected unless given (names or 0-based indices, as converters.tasks.load_task takes them).
+    eval_file: Path | None = None
+    eval_text_columns: tuple[str | int, ...] | None = None
+    eval_label_column: str | int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
@@ -52,6 +57,8 @@ class ConvertOptions:
             raise UsageError(f"--seq-len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
         if self.calibration_size < 1 or self.validation_size < 1:
             raise UsageError("calibration and validation sizes must be at least 1")
+        if self.eval_file is None and (self.eval_text_columns or self.eval_label_column is not None):
+            raise UsageError("--eval-text-columns and --eval-label-column need --eval FILE")
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,18 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     num_labels = _resolve_head(source, options.head)
     labels = _labels(source, options, num_labels)
     tokenizer = bundle_tokenizer(source, seq_len)
+    tokenizer_bytes = tokenizer.to_str(pretty=True).encode("utf-8")
+
+    eval_task = None
+    if options.eval_file is not None:  # read before the slow part, so a bad file fails at once
+        from converters.evaluate import check_task_fits, load_eval_task
+
+        if not num_labels:
+            raise UsageError("--eval scores a classifier, but this export is an encoder (no classifier head)",
+                             source.path)
+        eval_task = load_eval_task(options.eval_file, text_columns=options.eval_text_columns,
+                                   label_column=options.eval_label_column)
+        check_task_fits(eval_task, num_labels, source.path)
 
     calibration = None
     if mode is QuantizeMode.INT8:  # read before the slow part, so a bad file fails at once
@@ -196,9 +215,18 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         golden = golden_examples(tflite, tokenizer, seq_len, mode)
         ops = tflite.op_names()
         runtime = tflite.runtime.describe()
+        evaluation = None
+        if eval_task is not None:  # the exported model itself, with the tokenizer.json the bundle ships
+            from converters.evaluate import evaluate_model, manifest_record
+
+            log(f"evaluating on {options.eval_file} ({len(eval_task):,} examples)")
+            tokenizer_path = Path(scratch) / bundle.TOKENIZER_FILE
+            tokenizer_path.write_bytes(tokenizer_bytes)
+            evaluation = manifest_record(evaluate_model(model_path, tokenizer_path, seq_len, eval_task,
+                                                        num_labels=num_labels))
 
     files = {bundle.MODEL_FILE: model_bytes,
-             bundle.TOKENIZER_FILE: tokenizer.to_str(pretty=True).encode("utf-8"),
+             bundle.TOKENIZER_FILE: tokenizer_bytes,
              bundle.GOLDEN_FILE: bundle.to_json_bytes(golden)}
     variant = source.variant
     manifest = {
@@ -218,6 +246,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size},
         "ops": ops,
         "validation": {**validation, "runtime": runtime},
+        **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},
         "files": {name: {"bytes": len(data), "sha256": bundle.sha256_bytes(data)} for name, data in files.items()},
         "tools": _tool_versions(),

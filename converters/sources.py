@@ -48,7 +48,8 @@ class Source:
     @property
     def variant(self) -> Variant | None:
         shape = Variant(self.config.num_layers, self.config.hidden_size)
-        grid_like = (self.config.num_heads == shape.heads and self.config.intermediate_size == shape.intermediate)
+        grid_like = (self.config.num_heads == shape.heads and self.config.intermediate_size == shape.intermediate
+                     and not self.config.layer_heads and not self.config.layer_intermediate_sizes)  # not pruned
         return shape if shape in ALL_VARIANTS and grid_like else None
 
 

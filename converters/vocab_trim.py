@@ -11,38 +11,58 @@ with the source's own tokenizer and keeps:
   only the ASCII ones, `"none"` none beyond what the corpus uses;
 - any `extra_tokens`.
 
+With a budget (`max_tokens=N`) the new vocab has at most N rows, filled in this order: the special
+tokens, the characters (per `keep_characters`) and any `extra_tokens`, which must all fit (else a
+`UsageError` says how many rows they need); then the corpus's pieces in order of decreasing corpus
+frequency (ties by original id) until the budget is full. Pieces that do not fit are dropped, and the
+texts that used them are re-segmented into smaller kept pieces (down to characters, which is why they
+are kept first); the report counts those texts and how many pieces the corpus now takes. On BERT's
+uncased vocab the characters are 1,994 rows (`"all"`) or 136 (`"ascii"`), so `"ascii"` leaves more of a
+budget to whole-word pieces; non-ASCII characters then stay only if the corpus uses them often enough.
+
 The new vocab keeps the original order (so the special tokens come first, in their original relative
 order, once the `[unused*]` rows are gone), and the rows of `bert/embeddings/word_embeddings` (and of
 the masked-LM bias `cls/predictions/output_bias`, when present) are taken in that order. Nothing else in
-the model depends on the vocabulary.
+the model depends on the vocabulary. The returned Source's `history` ends with a `vocab-trim` record
+(the report), which `write_trimmed` saves beside the checkpoint and `edgebert convert` carries into the
+bundle's manifest.
 
-Why the corpus's tokenization cannot change (with `keep_min_count=1`): BERT's WordPiece is greedy
+Why the corpus's tokenization cannot change when every piece it uses is kept (`keep_min_count=1` and no
+budget, or a budget large enough): BERT's WordPiece is greedy
 longest-match-first. At each position of a word it takes the longest prefix of the rest that is in the
 vocab. The trimmed vocab is a subset of the original, so the longest match in it is never longer than
 the original's; and the original's choice is kept (the corpus used it), so it is still the longest.
 By induction over the positions every corpus word gets the same pieces, and a word that was [UNK]
 (no segmentation, or over 100 characters) still is. `trim_vocabulary` checks this anyway: it
 re-tokenizes the corpus with the trimmed vocab and raises `ValidationError` if any text's pieces differ.
-With `keep_min_count > 1` rare pieces go, the texts that used them are re-segmented, and the report
-says how many.
+With `keep_min_count > 1` or a budget rare pieces go, the texts that used them are re-segmented, and
+the report says how many.
+
+`load_corpus(paths)` reads corpus files (GLUE-style TSVs, or `.txt` with one sentence per line);
+`write_trimmed(source, report, out_dir)` writes the trimmed source as a Google checkpoint directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
+from converters import google_checkpoint
 from converters.sources import Source
+from converters.tasks import load_task
 from edgebert import tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError, ValidationError
 
 WORD_EMBEDDINGS = "bert/embeddings/word_embeddings"
 # Every variable with a vocabulary-sized first axis in Google's layout.
 VOCAB_AXIS_VARIABLES = (WORD_EMBEDDINGS, "cls/predictions/output_bias")
+TRIM_STEP = "vocab-trim"  # the history record's "step"
 
 
 class KeepCharacters(str, Enum):
@@ -92,13 +112,19 @@ def _is_character(token: str) -> bool:
 
 def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: int = 1,
                     extra_tokens: Iterable[str] = (),
-                    keep_characters: KeepCharacters | str = KeepCharacters.ALL) -> tuple[Source, dict]:
+                    keep_characters: KeepCharacters | str = KeepCharacters.ALL,
+                    max_tokens: int | None = None) -> tuple[Source, dict]:
     """A new Source with the trimmed vocab and embedding rows, and a report of what was kept.
 
     The source is not modified; the new one shares its other weight arrays. Its sha256 is a digest of
-    the original's and of the new vocab, its path is the original's."""
+    the original's and of the new vocab, its path is the original's, and its `history` is the
+    original's plus `{"step": "vocab-trim", **report}`. `max_tokens` caps the new vocab's size (see
+    the module docstring)."""
     if isinstance(keep_min_count, bool) or not isinstance(keep_min_count, int) or keep_min_count < 1:
         raise UsageError(f"keep_min_count must be a positive integer, got {keep_min_count!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise UsageError(f"--max-tokens must be a positive integer, got {max_tokens!r}")
     try:
         keep_characters = KeepCharacters(keep_characters)
     except ValueError:
@@ -119,22 +145,40 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
     if not len(corpus_texts):
         raise UsageError("the corpus is empty: trimming to it would keep only the special tokens")
 
+    # What must stay whatever the budget: specials, characters, extra tokens.
+    required = {ids_of[token] for token in tokenization.SPECIAL_TOKENS}
+    characters = set()
+    if keep_characters is not KeepCharacters.NONE:
+        characters = {i for i, token in enumerate(vocab)
+                      if _is_character(token) and (keep_characters is KeepCharacters.ALL or token.isascii())}
+    required |= characters | {ids_of[token] for token in extra_tokens}
+    if max_tokens is not None and len(required) > max_tokens:
+        extra = len(required - characters) - len(tokenization.SPECIAL_TOKENS)
+        raise UsageError(f"--max-tokens {max_tokens} is too small: the special tokens, characters "
+                         f"(keep_characters={keep_characters.value}) and extra tokens need {len(required)} rows "
+                         f"({len(tokenization.SPECIAL_TOKENS)} special, {len(characters)} character, {extra} extra)")
+
     pieces = word_piece_ids(vocab, source.lowercase, corpus_texts)
     counts = Counter(i for ids in pieces for i in ids)
-    used = {i for i, n in counts.items() if n >= keep_min_count}
+    # Corpus pieces by decreasing frequency (ties by original id), as many as the budget leaves room for.
+    candidates = sorted((i for i, n in counts.items() if n >= keep_min_count and i not in required),
+                        key=lambda i: (-counts[i], i))
+    room = len(candidates) if max_tokens is None else max_tokens - len(required)
+    kept = required | set(candidates[:room])
+    dropped_for_budget = len(candidates) - min(room, len(candidates))
 
     reasons: dict[int, str] = {}  # first reason wins, in this order
     for token in tokenization.SPECIAL_TOKENS:
         reasons.setdefault(ids_of[token], "special")
-    for i in sorted(used):
-        reasons.setdefault(i, "corpus")
-    if keep_characters is not KeepCharacters.NONE:
-        for i, token in enumerate(vocab):
-            if _is_character(token) and (keep_characters is KeepCharacters.ALL or token.isascii()):
-                reasons.setdefault(i, "character")
+    for i in sorted(counts):
+        if i in kept and counts[i] >= keep_min_count:
+            reasons.setdefault(i, "corpus")
+    for i in sorted(characters):
+        reasons.setdefault(i, "character")
     for token in extra_tokens:
         reasons.setdefault(ids_of[token], "extra")
-    kept_ids = np.array(sorted(reasons), dtype=np.int64)
+    assert set(reasons) == kept
+    kept_ids = np.array(sorted(kept), dtype=np.int64)
     new_vocab = [vocab[i] for i in kept_ids]
 
     weights = dict(source.weights)
@@ -144,19 +188,22 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
     config = dataclasses.replace(source.config, vocab_size=len(new_vocab))
     digest = hashlib.sha256(f"{source.sha256}\0vocab-trim\0".encode())
     digest.update("\n".join(new_vocab).encode("utf-8"))
-    trimmed = dataclasses.replace(source, config=config, weights=weights, vocab=new_vocab, tokenizer_json=None,
-                                  sha256=digest.hexdigest(), kind=f"{source.kind}+trimmed-vocab")
 
-    # Re-tokenize the corpus with the trimmed vocab: with keep_min_count=1 it must be identical, piece
-    # for piece (see the module docstring); otherwise count the texts whose pieces changed.
+    # Re-tokenize the corpus with the trimmed vocab: when every piece it used was kept it must be
+    # identical, piece for piece (see the module docstring); otherwise count what changed.
     original_id = kept_ids.tolist()  # new id -> original id
     retokenized = word_piece_ids(new_vocab, source.lowercase, corpus_texts)
-    changed = sum(old != [original_id[i] for i in new] for old, new in zip(pieces, retokenized))
-    if keep_min_count == 1 and changed:
+    differs = [old != [original_id[i] for i in new] for old, new in zip(pieces, retokenized)]
+    changed = sum(differs)
+    if set(counts) <= kept and changed:
         raise ValidationError("corpus segments re-tokenized differently after trimming", changed, 0,
                               "every piece the corpus uses was kept, so none may differ")
+    segment_text = [index for index, text in enumerate(corpus_texts)
+                    for _ in (text if isinstance(text, tuple) else (text,))]
+    texts_changed = len({segment_text[k] for k, flag in enumerate(differs) if flag})
 
     total = sum(counts.values())
+    unk_new = new_vocab.index("[UNK]")
     hidden, itemsize = table.shape[1], table.dtype.itemsize
     kept_by_reason = Counter(reasons.values())
     report = {
@@ -165,8 +212,10 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
         "removed_tokens": len(vocab) - len(new_vocab),
         "keep_min_count": keep_min_count,
         "keep_characters": keep_characters.value,
+        "max_tokens": max_tokens,
         "kept_by_reason": {reason: kept_by_reason.get(reason, 0)
                            for reason in ("special", "corpus", "character", "extra")},
+        "dropped_for_budget": dropped_for_budget,  # corpus pieces (>= keep_min_count uses) that did not fit
         "embedding_rows_before": len(vocab),
         "embedding_rows_after": len(new_vocab),
         "embedding_bytes_before": len(vocab) * hidden * itemsize,
@@ -179,11 +228,70 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
             "tokens": total,
             "distinct_tokens": len(counts),
             "unk_tokens": counts.get(ids_of["[UNK]"], 0),
-            "coverage": (sum(n for i, n in counts.items() if i in reasons) / total) if total else 1.0,
+            # the share of the corpus's pieces that are still in the vocab
+            "coverage": (sum(n for i, n in counts.items() if i in kept) / total) if total else 1.0,
             "segments_retokenized_differently": changed,
+            "texts_retokenized_differently": texts_changed,
+            "tokens_after": sum(len(ids) for ids in retokenized),  # re-segmented texts take more pieces
+            "unk_tokens_after": sum(ids.count(unk_new) for ids in retokenized),
         },
     }
+    trimmed = dataclasses.replace(source, config=config, weights=weights, vocab=new_vocab, tokenizer_json=None,
+                                  sha256=digest.hexdigest(), kind=f"{source.kind}+trimmed-vocab",
+                                  history=[*source.history, {"step": TRIM_STEP, **report}])
     return trimmed, report
+
+
+def write_trimmed(source: Source, report: dict, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write a trimmed Source (as `trim_vocabulary` returned it, with its report) as a Google checkpoint
+    directory that `load_source` and `edgebert convert` read; its record carries the source's history,
+    whose last entry is the trim's report. Atomic; an existing out_dir needs force."""
+    last = source.history[-1] if source.history else {}
+    if last != {"step": TRIM_STEP, **report} or report.get("vocab_size") != source.config.vocab_size:
+        raise UsageError("write_trimmed takes the Source that trim_vocabulary returned, with its report")
+    return google_checkpoint.write_checkpoint_directory(
+        Path(out_dir), source.config, source.weights, source_vocab(source),
+        record={"lowercase": source.lowercase, "labels": source.labels, "random_init": source.random_weights,
+                "history": source.history},
+        force=force)
+
+
+def read_corpus_file(path: str | os.PathLike) -> list:
+    """The texts of one corpus file: a `.txt` is one sentence per line (UTF-8, blank lines skipped);
+    anything else is a GLUE-style TSV read by `converters.tasks.load_task` (texts only, labels ignored;
+    pairs as (a, b) tuples). A missing, non-UTF-8 or empty file is a one-line SourceError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceError("corpus file not found", path) from None
+    except IsADirectoryError:
+        raise SourceError("is a directory, not a corpus file", path) from None
+    except OSError as error:
+        raise SourceError(f"cannot read corpus file: {error.strerror}", path) from None
+    if path.suffix.lower() != ".txt":
+        return list(load_task(path).texts)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SourceError(f"not UTF-8 (bad byte 0x{data[error.start]:02x} at offset {error.start}, "
+                          f"line {line})", path) from None
+    lines = [line.strip() for line in text.split("\n")]  # not splitlines(): see converters.tasks
+    lines = [line for line in lines if line]
+    if not lines:
+        raise SourceError("corpus file is empty", path)
+    return lines
+
+
+def load_corpus(paths: Iterable[str | os.PathLike]) -> list:
+    """The texts of every corpus file, in order (see `read_corpus_file`)."""
+    texts = []
+    for path in paths:
+        texts.extend(read_corpus_file(path))
+    if not texts:
+        raise UsageError("no corpus file given")
+    return texts
 
 
 def id_mapping(original_vocab: Sequence[str], trimmed_vocab: Sequence[str]) -> np.ndarray:

@@ -163,8 +163,17 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--labels", default=None, help="Comma-separated label names for a classifier.")
 @click.option("--uncased/--cased", "lowercase", default=None,
               help="Override the casing inferred from the checkpoint.")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path), default=None, metavar="DEV.tsv",
+              help="Score the exported model.tflite on this labelled GLUE-style TSV; the metrics go into "
+                   "the manifest (\"evaluation\").")
+@click.option("--eval-text-columns", default=None, metavar="COLUMNS",
+              help="--eval's text column(s): a name or 0-based index, two comma-separated for pairs "
+                   "(default: detected).")
+@click.option("--eval-label-column", default=None, metavar="COLUMN",
+              help="--eval's label column, a name or 0-based index (default: detected).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
-def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, labels, lowercase, force):
+def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, labels, lowercase, eval_file,
+            eval_text_columns, eval_label_column, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
 
     SOURCE is a Google checkpoint directory or zip, a Hugging Face directory (config.json +
@@ -172,11 +181,14 @@ def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, 
     """
     _converters_or_exit()
     from converters.export import Compat, QuantizeMode
+    from converters.evaluate import describe as describe_evaluation, parse_column, parse_columns
     from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_len
 
     options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len), head=head,
                              compat=Compat.parse(compat), calibration_file=calibration_file,
-                             labels=tuple(labels.split(",")) if labels else (), lowercase=lowercase, force=force)
+                             labels=tuple(labels.split(",")) if labels else (), lowercase=lowercase, force=force,
+                             eval_file=eval_file, eval_text_columns=parse_columns(eval_text_columns),
+                             eval_label_column=parse_column(eval_label_column))
     with _ProgressBar(f"downloading {source}") as progress:
         result = run_convert(source, out_dir, options, log=_say, fetch_progress=progress)
     manifest = result.manifest
@@ -185,6 +197,8 @@ def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, 
         _say(f"note: {len(unused)} checkpoint variables not used by the export "
              f"(e.g. {', '.join(unused[:2])}); listed in manifest.json")
     _say(f"validated: {describe_validation(manifest)}")
+    if "evaluation" in manifest:
+        _say(f"evaluated: {describe_evaluation(manifest['evaluation'])}")
     click.echo(f"{out_dir}  ({manifest['sizes']['model_bytes']:,} bytes, {manifest['recipe']['quantize']}, "
                f"{result.seconds:.1f} s)")
 
@@ -275,6 +289,14 @@ cli.add_command(_bench_command)
 cli.add_command(_predict_command)
 from edgebert.deploy_cli import deploy  # noqa: E402
 cli.add_command(deploy)
+from edgebert.prune_cli import prune  # noqa: E402
+cli.add_command(prune)
+from edgebert.trim_cli import trim_vocab  # noqa: E402
+cli.add_command(trim_vocab)
+from edgebert.evaluate_cli import evaluate  # noqa: E402
+cli.add_command(evaluate)
+from edgebert.train_cli import finetune  # noqa: E402
+cli.add_command(finetune)
 # (register new commands above this line)
 
 

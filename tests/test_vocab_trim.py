@@ -204,6 +204,229 @@ def test_trimmed_source_converts_to_a_smaller_bundle_with_the_same_outputs(trimm
         assert np.abs(a_out - b_out).max() < 1e-2
 
 
+# --- a size budget ------------------------------------------------------------------------------------
+
+def _required_rows(vocab):
+    characters = [t for t in vocab if len(t) == 1 or (len(t) == 3 and t.startswith("##"))]
+    return len(SPECIALS) + len(characters)
+
+
+def test_budget_keeps_the_most_frequent_pieces_and_resegments_the_rest(tiny_source, corpus):
+    from collections import Counter
+
+    full, full_report = trim_vocabulary(tiny_source, corpus)
+    required = _required_rows(tiny_source.vocab)
+    budget = required + (len(full.vocab) - required) // 2
+    new, report = trim_vocabulary(tiny_source, corpus, max_tokens=budget)
+    assert len(new.vocab) == new.config.vocab_size == report["vocab_size"] == budget
+    assert report["max_tokens"] == budget and report["dropped_for_budget"] == len(full.vocab) - budget
+    assert set(new.vocab) < set(full.vocab) and new.vocab[:5] == SPECIALS
+    assert all(t in new.vocab for t in tiny_source.vocab if len(t) == 1 or (len(t) == 3 and t.startswith("##")))
+    # every corpus piece kept is at least as frequent as every one dropped
+    counts = Counter(i for ids in word_piece_ids(tiny_source.vocab, True, corpus) for i in ids)
+    kept = {tiny_source.vocab.index(t) for t in new.vocab}
+    dropped = [counts[i] for i in counts if i not in kept]
+    kept_words = [counts[i] for i in counts if i in kept and len(tiny_source.vocab[i].removeprefix("##")) > 1]
+    assert dropped and min(kept_words) >= max(dropped)
+    # dropped pieces re-segment into kept ones, never [UNK]; the report counts what changed
+    before, after = _pieces(tiny_source, corpus), _pieces(new, corpus)
+    assert all(piece in new.vocab for pieces in after for piece in pieces)
+    assert [p.count("[UNK]") for p in after] == [p.count("[UNK]") for p in before]
+    changed_segments = sum(a != b for a, b in zip(_pieces(tiny_source, _segments(corpus)),
+                                                   _pieces(new, _segments(corpus))))
+    c = report["corpus"]
+    assert c["segments_retokenized_differently"] == changed_segments > 0
+    assert 0 < c["texts_retokenized_differently"] <= changed_segments
+    assert c["tokens_after"] == sum(map(len, after)) > c["tokens"] == sum(map(len, before))
+    assert c["coverage"] == pytest.approx(sum(n for i, n in counts.items() if i in kept) / sum(counts.values()))
+    assert 0 < c["coverage"] < full_report["corpus"]["coverage"] == 1.0
+    # fewer characters leave more of the same budget to corpus pieces (but rare words may become [UNK])
+    _, bare_report = trim_vocabulary(tiny_source, corpus, max_tokens=budget, keep_characters="none")
+    assert bare_report["corpus"]["coverage"] > c["coverage"]
+    # a budget larger than needed changes nothing, and the identical-segmentation check applies
+    roomy, roomy_report = trim_vocabulary(tiny_source, corpus, max_tokens=len(full.vocab) + 10)
+    assert roomy.vocab == full.vocab and roomy_report["dropped_for_budget"] == 0
+    assert roomy_report["corpus"]["segments_retokenized_differently"] == 0
+
+
+def test_budget_too_small_says_how_many_rows_are_needed(tiny_source, corpus):
+    required = _required_rows(tiny_source.vocab)
+    with pytest.raises(UsageError, match=rf"--max-tokens {required} is too small: the special tokens, "
+                                         rf"characters \(keep_characters=all\) and extra tokens need {required + 1} "
+                                         rf"rows \(5 special, {required - 5} character, 1 extra\)"):
+        trim_vocabulary(tiny_source, corpus, max_tokens=required, extra_tokens=["[unused5]"])
+    exact, report = trim_vocabulary(tiny_source, corpus, max_tokens=required + 1, extra_tokens=["[unused5]"])
+    kept = report["kept_by_reason"]  # characters the corpus uses count as "corpus"
+    assert len(exact.vocab) == required + 1 and kept["corpus"] + kept["character"] == required - 5
+    assert report["dropped_for_budget"] > 0 and kept["extra"] == 1
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(UsageError, match="--max-tokens must be a positive integer"):
+            trim_vocabulary(tiny_source, corpus, max_tokens=bad)
+    bare, report = trim_vocabulary(tiny_source, corpus, max_tokens=5, keep_characters="none")
+    assert bare.vocab == SPECIALS and report["corpus"]["unk_tokens_after"] > 0  # allowed, and reported
+
+
+def test_trim_appends_its_record_to_the_history(tiny_source, trimmed, tmp_path):
+    from converters.vocab_trim import write_trimmed
+
+    new, report = trimmed
+    assert tiny_source.history == [] and new.history == [{"step": "vocab-trim", **report}]
+    again, again_report = trim_vocabulary(new, ["the film"])
+    assert [h["step"] for h in again.history] == ["vocab-trim", "vocab-trim"]
+    assert again.history[-1]["original_vocab_size"] == len(new.vocab)
+    with pytest.raises(UsageError, match="write_trimmed takes the Source that trim_vocabulary returned"):
+        write_trimmed(tiny_source, report, tmp_path / "x")
+    with pytest.raises(UsageError, match="write_trimmed takes the Source"):
+        write_trimmed(new, again_report, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# --- the trim-vocab command ----------------------------------------------------------------------------
+
+def _words():
+    from converters.vocab import synthetic_vocab
+    return [t for t in synthetic_vocab(None) if t.isalpha() and len(t) > 1]
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory):
+    """A .txt and a GLUE-style TSV of sentences made of the synthetic vocab's words (and some digits)."""
+    rng = np.random.default_rng(7)
+    words = _words()
+    sentences = [" ".join(rng.choice(words[:60], size=int(rng.integers(3, 9)))) + f" {i}." for i in range(24)]
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "corpus.txt").write_text("\n".join(sentences[:12]) + "\n\n", encoding="utf-8")
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences[12:])),
+                                    encoding="utf-8")
+    return root / "corpus.txt", root / "train.tsv", sentences
+
+
+@pytest.fixture(scope="module")
+def cli_trim(tiny_checkpoint, corpus_files, tmp_path_factory):
+    from cli_helpers import invoke
+
+    txt, tsv, _ = corpus_files
+    out = tmp_path_factory.mktemp("trim-cli") / "tiny-trimmed"
+    return invoke("trim-vocab", tiny_checkpoint, "--corpus", txt, "--corpus", tsv, "--out", out), out
+
+
+SUMMARY = (r"(?P<out>\S+)  vocab 1,348 -> (?P<after>[\d,]+) tokens; int8 embedding (?P<before_bytes>[\d,]+) -> "
+           r"(?P<after_bytes>[\d,]+) bytes; corpus coverage (?P<coverage>[\d.]+)%; (?P<changed>[\d,]+) of 24 texts "
+           r"re-segmented\n")
+
+
+def test_cli_writes_a_checkpoint_that_converts_with_the_trim_in_its_history(cli_trim, tiny_checkpoint, corpus_files,
+                                                                           tiny_source, seq16_bundles):
+    import re
+
+    from converters.sources import load_source
+    from edgebert.bundle import read_bundle
+
+    result, out = cli_trim
+    assert result.exit_code == 0, result.output
+    match = re.fullmatch(SUMMARY, result.stdout)
+    assert match and match["out"] == str(out), result.stdout
+    assert result.stderr.splitlines() == ["read 24 texts from 2 corpus file(s)", f"reading {tiny_checkpoint}",
+                                          "trimming the vocabulary of 1,348 tokens", f"writing {out}"]
+    source = load_source(out)
+    expected, report = trim_vocabulary(tiny_source, corpus_files[2])  # the same texts, given directly
+    assert source.vocab == expected.vocab and source.history == [{"step": "vocab-trim", **report}]
+    assert source.vocab == expected.vocab and int(match["after"].replace(",", "")) == len(source.vocab)
+    assert match["coverage"] == "100.00" and match["changed"] == "0"
+    assert int(match["after_bytes"].replace(",", "")) == len(source.vocab) * source.config.hidden_size
+    assert source.config.vocab_size == len(source.vocab) < 1348 and source.kind == "google-checkpoint"
+    assert source.random_weights and source.lowercase and source.labels == []
+    assert [h["step"] for h in source.history] == ["vocab-trim"]
+    assert source.history[0]["vocab_size"] == len(source.vocab) and source.history[0]["max_tokens"] is None
+    assert np.array_equal(source.weights["bert/embeddings/word_embeddings"],
+                          expected.weights["bert/embeddings/word_embeddings"])
+
+    bundle = read_bundle(seq16_bundles[1])  # convert(out, ..., ConvertOptions(seq_len=16, validation_size=4))
+    assert bundle.manifest["source"]["path"] == str(out)
+    assert bundle.manifest["source"]["history"] == source.history
+    assert bundle.manifest["tokenizer"]["vocab_size"] == len(source.vocab)
+
+
+@pytest.fixture(scope="module")
+def seq16_bundles(cli_trim, tiny_checkpoint, tmp_path_factory):
+    from converters.pipeline import ConvertOptions, convert
+
+    _, trimmed_dir = cli_trim
+    root = tmp_path_factory.mktemp("seq16")
+    options = ConvertOptions(seq_len=16, validation_size=4)
+    return [convert(source, root / name, options).bundle_dir
+            for name, source in (("full", tiny_checkpoint), ("trimmed", trimmed_dir))]
+
+
+def test_without_a_budget_the_trimmed_bundle_gives_identical_outputs_on_the_corpus(seq16_bundles, corpus_files):
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel
+
+    full, small = (read_bundle(path) for path in seq16_bundles)
+    assert small.model_path.stat().st_size < full.model_path.stat().st_size
+    runners = [(TFLiteModel(b.model_path), tokenization.load_tokenizer(b.tokenizer_path)) for b in (full, small)]
+    for text in corpus_files[2]:
+        (a_model, a_tok), (b_model, b_tok) = runners
+        a_in, b_in = tokenization.encode(a_tok, [text], 16), tokenization.encode(b_tok, [text], 16)
+        assert [a_tok.id_to_token(i) for i in a_in["input_ids"][0]] == \
+               [b_tok.id_to_token(i) for i in b_in["input_ids"][0]]
+        a_out, b_out = a_model(**a_in), b_model(**b_in)
+        for name in ("sequence_output", "pooled_output"):
+            assert np.array_equal(a_out[name], b_out[name]), (name, text)
+
+
+def test_cli_budget_and_character_options(tiny_checkpoint, corpus_files, tmp_path):
+    import re
+
+    from cli_helpers import invoke
+    from converters.sources import load_source
+
+    txt, tsv, _ = corpus_files
+    result = invoke("trim-vocab", tiny_checkpoint, "--corpus", txt, "--corpus", tsv, "--out", tmp_path / "t",
+                    "--max-tokens", 60, "--keep-characters", "none", "--min-count", 1)
+    assert result.exit_code == 0, result.output
+    match = re.fullmatch(SUMMARY, result.stdout)
+    assert match and match["after"] == "60" and float(match["coverage"]) < 100 and int(match["changed"]) > 0
+    source = load_source(tmp_path / "t")
+    assert len(source.vocab) == 60 and source.history[-1]["max_tokens"] == 60
+    assert source.history[-1]["keep_characters"] == "none"
+
+
+def test_cli_errors_are_one_line(tiny_checkpoint, corpus_files, tmp_path):
+    from cli_helpers import error_line, invoke
+
+    txt = corpus_files[0]
+    out = tmp_path / "out"
+
+    def refused(*corpus, exit_code=1, progress=(), extra=()):
+        args = [a for c in corpus for a in ("--corpus", c)]
+        line = error_line(invoke("trim-vocab", tiny_checkpoint, *args, "--out", out, *extra), exit_code, progress)
+        assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+        return line
+
+    missing = tmp_path / "nope.txt"
+    assert refused(txt, missing) == f"error: {missing}: corpus file not found"
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("good line\ncaf\xe9\n".encode("latin-1"))
+    assert refused(binary) == f"error: {binary}: not UTF-8 (bad byte 0xe9 at offset 13, line 2)"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert refused(empty) == f"error: {empty}: corpus file is empty"
+    empty_tsv = tmp_path / "empty.tsv"
+    empty_tsv.write_text("", encoding="utf-8")
+    assert refused(empty_tsv) == f"error: {empty_tsv}: task file is empty"
+    progress = ("read 12 texts from 1 corpus file(s)", f"reading {tiny_checkpoint}",
+                "trimming the vocabulary of 1,348 tokens")
+    assert refused(txt, exit_code=2, progress=progress, extra=("--max-tokens", "10")).startswith(
+        "error: --max-tokens 10 is too small: the special tokens, characters (keep_characters=all) and extra "
+        "tokens need 141 rows")
+    assert refused(txt, exit_code=2, progress=progress, extra=("--min-count", "0")) == \
+        "error: keep_min_count must be a positive integer, got 0"
+    out.mkdir()
+    assert error_line(invoke("trim-vocab", tiny_checkpoint, "--corpus", txt, "--out", out), 1) == \
+        f"error: {out}: already exists (pass --force to replace it)"
+
+
 # --- the real vocabulary -------------------------------------------------------------------------------
 
 GLUE_SST2 = SHARED_DATA / "glue" / "SST-2"
@@ -242,40 +465,59 @@ def test_real_vocab_trimmed_to_sst2(capsys):
               f"{report['embedding_int8_bytes_after']:,}")
 
 
-@pytest.mark.slow
-@needs_shared(REAL_VOCAB)
-@needs_shared(GLUE_SST2 / "train.tsv")
-def test_bert_tiny_trimmed_to_sst2_bundle_size_and_dev_outputs(tmp_path, capsys):
-    """The issue's target: a BERT-Tiny dynamic-int8 bundle 2.5x smaller, same outputs on SST-2 dev."""
+@pytest.fixture(scope="module")
+def bert_tiny_sst2(tmp_path_factory):
+    """A random-weight BERT-Tiny with the real vocab, its dynamic-int8 s128 bundle, and SST-2's texts."""
+    if not (REAL_VOCAB.is_file() and (GLUE_SST2 / "train.tsv").is_file()):
+        pytest.skip(f"reference data not present at {REAL_VOCAB} and {GLUE_SST2}")
     from converters.config import BertConfig
     from converters.google_checkpoint import write_random_checkpoint
     from converters.pipeline import ConvertOptions, convert
     from converters.sources import load_source
     from edgebert.bundle import read_bundle
-    from edgebert.interpreter import TFLiteModel
     from edgebert.variants import parse_variant
 
-    started = time.perf_counter()
+    root = tmp_path_factory.mktemp("bert-tiny-sst2")
     vocab = tokenization.read_vocab(REAL_VOCAB)
     config = BertConfig.from_variant(parse_variant("tiny"), vocab_size=len(vocab))
-    source = load_source(write_random_checkpoint(config, tmp_path / "tiny", vocab, seed=3))
-    dev = _sst2_texts("dev")
-    trimmed, report = trim_vocabulary(source, _sst2_texts("train") + dev)
+    checkpoint = write_random_checkpoint(config, root / "tiny", vocab, seed=3)
+    source = load_source(checkpoint)
     options = ConvertOptions(seq_len=128, validation_size=8)
-    bundles = [read_bundle(convert(s.path, tmp_path / name, options, source=s).bundle_dir)
-               for name, s in (("full", source), ("trimmed", trimmed))]
-    sizes = [b.model_path.stat().st_size for b in bundles]
-    totals = [sum(f.stat().st_size for f in b.path.iterdir()) for b in bundles]  # + tokenizer.json etc.
+    full = read_bundle(convert(checkpoint, root / "full", options, source=source).bundle_dir)
+    return {"root": root, "checkpoint": checkpoint, "source": source, "options": options, "full": full,
+            "train": _sst2_texts("train"), "dev": _sst2_texts("dev")}
 
-    runners = [(TFLiteModel(b.model_path, num_threads=1), tokenization.load_tokenizer(b.tokenizer_path))
-               for b in bundles]
-    cosines, diffs = [], []
-    for text in dev:
-        pooled = []
-        for model, tok in runners:
-            pooled.append(model(**tokenization.encode(tok, [text], 128))["pooled_output"][0])
-        cosines.append(float(pooled[0] @ pooled[1] / np.linalg.norm(pooled[0]) / np.linalg.norm(pooled[1])))
-        diffs.append(float(np.abs(pooled[0] - pooled[1]).max()))
+
+def _bundle_bytes(bundle):
+    return bundle.model_path.stat().st_size, sum(f.stat().st_size for f in bundle.path.iterdir())
+
+
+def _pooled_outputs(bundle, texts):
+    from edgebert.interpreter import TFLiteModel
+
+    model, tok = TFLiteModel(bundle.model_path, num_threads=1), tokenization.load_tokenizer(bundle.tokenizer_path)
+    return [model(**tokenization.encode(tok, [text], 128))["pooled_output"][0] for text in texts]
+
+
+@pytest.mark.slow
+@needs_shared(REAL_VOCAB)
+@needs_shared(GLUE_SST2 / "train.tsv")
+def test_bert_tiny_trimmed_to_sst2_bundle_size_and_dev_outputs(bert_tiny_sst2, capsys):
+    """Every piece SST-2 uses: a smaller bundle with the same outputs on SST-2 dev."""
+    from converters.pipeline import convert
+    from edgebert.bundle import read_bundle
+
+    started = time.perf_counter()
+    data, config = bert_tiny_sst2, bert_tiny_sst2["source"].config
+    dev = data["dev"]
+    trimmed, report = trim_vocabulary(data["source"], data["train"] + dev)
+    bundles = [data["full"], read_bundle(convert(trimmed.path, data["root"] / "trimmed", data["options"],
+                                                 source=trimmed).bundle_dir)]
+    (sizes, totals) = zip(*map(_bundle_bytes, bundles))
+
+    full_out, small_out = (_pooled_outputs(b, dev) for b in bundles)
+    cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(full_out, small_out)]
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(full_out, small_out)]
     ratio = sizes[0] / sizes[1]
     rest = sizes[0] - report["embedding_int8_bytes_before"]
     rows_for_target = int((sizes[0] / 2.5 - rest) // config.hidden_size)
@@ -288,3 +530,64 @@ def test_bert_tiny_trimmed_to_sst2_bundle_size_and_dev_outputs(tmp_path, capsys)
               f"{time.perf_counter() - started:.0f} s")
     assert ratio > 1.5
     assert min(cosines) > 0.9999
+
+
+@pytest.mark.slow
+@needs_shared(REAL_VOCAB)
+@needs_shared(GLUE_SST2 / "train.tsv")
+def test_bert_tiny_trimmed_to_a_budget_is_2_5x_smaller(bert_tiny_sst2, capsys):
+    """The issue's target, through the command: `edgebert trim-vocab --max-tokens N --keep-characters ascii`
+    with N the most rows a 2.5x smaller model.tflite allows; the dev texts whose segmentation did not
+    change give exactly the full model's outputs."""
+    from cli_helpers import invoke
+    from converters.pipeline import convert
+    from converters.sources import load_source
+    from edgebert.bundle import read_bundle
+
+    started = time.perf_counter()
+    data = bert_tiny_sst2
+    full, hidden = data["full"], data["source"].config.hidden_size
+    full_size = _bundle_bytes(full)[0]
+    rest = full_size - len(data["source"].vocab) * hidden  # everything but the int8 word embeddings
+    budget = int((full_size / 2.5 - rest) // hidden) - 16  # a little room for the file's own overhead
+    corpus = data["root"] / "sst2.txt"
+    corpus.write_text("\n".join(data["dev"]) + "\n", encoding="utf-8")
+    lines = {}
+    for characters in ("ascii", "all"):
+        out = data["root"] / f"trimmed-{characters}"
+        result = invoke("trim-vocab", data["checkpoint"], "--corpus", GLUE_SST2 / "train.tsv", "--corpus", corpus,
+                        "--out", out, "--max-tokens", budget, "--keep-characters", characters)
+        assert result.exit_code == 0, result.output
+        lines[characters] = result.stdout.strip()
+    trimmed = load_source(data["root"] / "trimmed-ascii")
+    report = trimmed.history[-1]
+    assert report["step"] == "vocab-trim" and len(trimmed.vocab) == budget
+    small = read_bundle(convert(trimmed.path, data["root"] / "budget", data["options"]).bundle_dir)
+    assert small.manifest["source"]["history"][-1] == report
+    (sizes, totals) = zip(*map(_bundle_bytes, (full, small)))
+    ratio = sizes[0] / sizes[1]
+
+    dev = data["dev"]
+    full_tok, small_tok = (tokenization.load_tokenizer(b.tokenizer_path) for b in (full, small))
+    same = [text for text in dev
+            if [full_tok.id_to_token(i) for i in tokenization.encode(full_tok, [text], 128)["input_ids"][0]] ==
+               [small_tok.id_to_token(i) for i in tokenization.encode(small_tok, [text], 128)["input_ids"][0]]]
+    changed = [text for text in dev if text not in set(same)]
+    assert all(np.array_equal(a, b) for a, b in zip(_pooled_outputs(full, same), _pooled_outputs(small, same)))
+    changed_full, changed_small = _pooled_outputs(full, changed), _pooled_outputs(small, changed)
+    cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(changed_full, changed_small)]
+    corpus_report = report["corpus"]
+    with capsys.disabled():
+        print(f"\nBERT-Tiny dynamic-int8, SST-2 train+dev, --max-tokens {budget}: model.tflite {sizes[0]:,} -> "
+              f"{sizes[1]:,} bytes ({ratio:.2f}x smaller; whole bundle {totals[0]:,} -> {totals[1]:,}, "
+              f"{totals[0] / totals[1]:.2f}x); coverage {corpus_report['coverage']:.2%}, "
+              f"{corpus_report['texts_retokenized_differently']:,} of {corpus_report['texts']:,} texts re-segmented, "
+              f"pieces {corpus_report['tokens']:,} -> {corpus_report['tokens_after']:,}, [UNK] "
+              f"{corpus_report['unk_tokens']} -> {corpus_report['unk_tokens_after']}; dev: {len(changed)} of "
+              f"{len(dev)} texts re-segmented (pooled cosine to the full model: min "
+              f"{min(cosines, default=1):.4f}, mean {np.mean(cosines) if cosines else 1:.4f}), the rest identical; "
+              f"{time.perf_counter() - started:.0f} s")
+        for characters, line in lines.items():
+            print(f"  --keep-characters {characters}: {line.split('  ', 1)[1]}")
+    assert ratio >= 2.5
+    assert corpus_report["unk_tokens_after"] == 0 and corpus_report["coverage"] > 0.98
