@@ -44,6 +44,7 @@ class ConvertOptions:
     lowercase: bool | None = None  # None: follow the checkpoint
     labels: tuple[str, ...] = ()
     force: bool = False
+    recipe_name: str | None = None  # the named recipe (converters/recipes) this export ends
     # A labelled task TSV to score the exported model.tflite on (manifest "evaluation"); its columns are
     # detected unless given (names or 0-based indices, as converters.tasks.load_task takes them).
     eval_file: Path | None = None
@@ -239,7 +240,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "model": config.to_dict(),
         "head": "classifier" if num_labels else "encoder",
         "labels": labels,
-        "recipe": {"quantize": mode.value, "seq_len": seq_len or "dynamic",
+        "recipe": {"name": options.recipe_name, "quantize": mode.value, "seq_len": seq_len or "dynamic",
                    "compat": options.compat.value if options.compat else None,
                    "calibration": (str(options.calibration_file or "samples/") if mode is QuantizeMode.INT8 else None)},
         "io": _io_contract(seq_len, config, num_labels),

@@ -171,26 +171,55 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
                    "(default: detected).")
 @click.option("--eval-label-column", default=None, metavar="COLUMN",
               help="--eval's label column, a name or 0-based index (default: detected).")
+@click.option("--recipe", default=None, metavar="NAME|FILE",
+              help="Run a recipe's steps (fine-tune, prune, trim) before the export: a shipped name "
+                   "(edgebert recipes) or a .toml file. --quantize/--seq-len/--compat given here override it.")
+@click.option("--task", "task_file", type=click.Path(path_type=Path), default=None, metavar="TRAIN.tsv",
+              help="With --recipe: the training data for its fine-tuning and pruning steps.")
+@click.option("--dev", "dev_file", type=click.Path(path_type=Path), default=None, metavar="DEV.tsv",
+              help="With --recipe: early stopping, and the bundle's evaluation (as --eval).")
+@click.option("--corpus", "corpus_files", multiple=True, type=click.Path(path_type=Path),
+              help="With --recipe: text for vocabulary trimming (default: the --task texts). Repeatable.")
+@click.option("--keep-work", is_flag=True, help="With --recipe: keep DIR.recipe-work (each step's checkpoint).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
-def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, labels, lowercase, eval_file,
-            eval_text_columns, eval_label_column, force):
+@click.pass_context
+def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_file, labels, lowercase, eval_file,
+            eval_text_columns, eval_label_column, recipe, task_file, dev_file, corpus_files, keep_work, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
 
     SOURCE is a Google checkpoint directory or zip, a Hugging Face directory (config.json +
-    model.safetensors), or a variant name such as bert-mini (fetched into the cache).
+    model.safetensors), or a variant name such as bert-mini (fetched into the cache). With --recipe,
+    the recipe's steps run first (resumable: rerun the same command after an interruption).
     """
     _converters_or_exit()
     from converters.export import Compat, QuantizeMode
     from converters.evaluate import describe as describe_evaluation, parse_column, parse_columns
     from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_len
 
-    options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len), head=head,
-                             compat=Compat.parse(compat), calibration_file=calibration_file,
-                             labels=tuple(labels.split(",")) if labels else (), lowercase=lowercase, force=force,
-                             eval_file=eval_file, eval_text_columns=parse_columns(eval_text_columns),
-                             eval_label_column=parse_column(eval_label_column))
-    with _ProgressBar(f"downloading {source}") as progress:
-        result = run_convert(source, out_dir, options, log=_say, fetch_progress=progress)
+    common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),
+                  lowercase=lowercase, force=force, eval_file=eval_file,
+                  eval_text_columns=parse_columns(eval_text_columns), eval_label_column=parse_column(eval_label_column))
+    if recipe is None:
+        if task_file or dev_file or corpus_files or keep_work:
+            raise UsageError("--task, --dev, --corpus and --keep-work go with --recipe")
+        options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len),
+                                 compat=Compat.parse(compat), **common)
+        with _ProgressBar(f"downloading {source}") as progress:
+            result = run_convert(source, out_dir, options, log=_say, fetch_progress=progress)
+    else:
+        from converters.recipes import RecipeInputs, convert_options, load_recipe, run_recipe
+        from edgebert.train_cli import epoch_progress
+
+        chosen_recipe = load_recipe(recipe)
+        given = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
+        chosen = {name: value if given(name) else None
+                  for name, value in (("quantize", quantize), ("seq_len", seq_len), ("compat", compat))}
+        options = convert_options(chosen_recipe, chosen, **common)
+        inputs = RecipeInputs(task=task_file, dev=dev_file, corpus=tuple(corpus_files))
+        _say(f"recipe {chosen_recipe.summary()}")
+        with _ProgressBar(f"downloading {source}") as progress:
+            result = run_recipe(chosen_recipe, source, out_dir, inputs, options, log=_say,
+                                progress=epoch_progress(_say), fetch_progress=progress, keep_work=keep_work)
     manifest = result.manifest
     unused = manifest["source"]["unused_variables"]
     if unused:
@@ -201,6 +230,24 @@ def convert(source, out_dir, quantize, seq_len, head, compat, calibration_file, 
         _say(f"evaluated: {describe_evaluation(manifest['evaluation'])}")
     click.echo(f"{out_dir}  ({manifest['sizes']['model_bytes']:,} bytes, {manifest['recipe']['quantize']}, "
                f"{result.seconds:.1f} s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the recipes as JSON.")
+def recipes(as_json):
+    """List the shipped recipes for `edgebert convert --recipe NAME` (their TOML files are in
+    converters/recipes/; copy one to make your own)."""
+    _converters_or_exit()
+    from converters.recipes import shipped_recipes
+
+    found = shipped_recipes()
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "description": r.description, "path": str(r.path),
+                                "steps": [{"kind": s.kind, **s.options} for s in r.steps], "convert": r.convert}
+                               for r in found], indent=2))
+        return
+    for recipe in found:
+        click.echo(f"{recipe.summary()}\n    {recipe.description}")
 
 
 @cli.command()

@@ -46,9 +46,9 @@ class _EpochBar:
     def step(self, step: int, loss: float):
         self.loss = loss
         self.bar.update(1)
-        # A log file gets no bar (click draws none off a terminal), so it gets a line every 10 %.
+        # A log file gets no bar (click draws none off a terminal), so a long epoch logs every 10 %.
         tenth = max(self.steps // 10, 1)
-        if not self.interactive and step % tenth == 0 and step < self.steps:
+        if not self.interactive and self.steps >= 100 and step % tenth == 0 and step < self.steps:
             click.echo(f"{self.label}: {step}/{self.steps} steps, loss {loss:.4f}", err=True)
 
     def end(self, record: dict):
@@ -59,6 +59,14 @@ class _EpochBar:
             parts.append(f"sparsity {record['sparsity']:.1%}")
         parts.append(f"{record['seconds']:.0f} s" + ("  (best so far)" if record["best"] else ""))
         click.echo(", ".join(parts), err=True)
+
+
+def epoch_progress(log):
+    """The trainer's Progress, drawn as _EpochBar does (also used by `convert --recipe`)."""
+    from converters.finetune import Progress
+
+    bar = _EpochBar()
+    return Progress(on_epoch_start=bar.start, on_step=bar.step, on_epoch_end=bar.end, log=log)
 
 
 @click.command()
@@ -119,7 +127,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
 
     _converters_or_exit()
     from converters.finetune import (MINIATURES_BATCH_SIZES, MINIATURES_LEARNING_RATES, FinetuneOptions,
-                                     Progress, finetune as run_finetune, search as run_search)
+                                     finetune as run_finetune, search as run_search)
     from converters.pruning import PruningSpec
     from converters.sources import load_source
     from converters.tasks import load_task
@@ -141,8 +149,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                               pruning=pruning, new_head=new_head)
     _say(f"reading {source}")
     model_source = load_source(source)
-    bar = _EpochBar()
-    progress = Progress(on_epoch_start=bar.start, on_step=bar.step, on_epoch_end=bar.end, log=_say)
+    progress = epoch_progress(_say)
     if len(batch_sizes) * len(learning_rates) > 1:
         if work_dir or restart:
             raise UsageError("--work-dir and --restart apply to one run; a search keeps its runs in OUT.search")
