@@ -1,0 +1,31 @@
+"""Compression benchmark on a GLUE task: what fine-tuning, quantization, pruning and vocabulary trimming
+cost in accuracy and buy in bytes and latency, for each BERT shape, in one resumable run.
+
+    python -m benchmarks.compression --data ../shared/data/glue/SST-2 --variants tiny,mini --out DIR
+
+For each variant, from one checkpoint (a random one in Google's layout with the real vocab by default,
+since pretrained weights cannot be downloaded everywhere; `--pretrained` fetches Google's release, or
+`--checkpoint tiny=PATH` takes one's own), with the library's own steps (converters.recipes.run_steps):
+
+  base            fine-tune on train.tsv (early stopping on dev.tsv)
+  unstructured-50 base, fine-tuned again with 50 % magnitude pruning (tfmot, polynomial decay)
+  unstructured-80 the same at 80 %
+  2:4             the same with the 2:4 pattern
+  structured-50   base with half the heads and FFN neurons removed by importance, then fine-tuned to
+                  recover, distilling from base
+  vocab-trimmed   base with the vocabulary trimmed to the training text within a row budget
+
+and exports: base as float32, dynamic int8 and full int8; every other as dynamic int8. Every bundle's
+accuracy is measured by running its model.tflite on dev.tsv (`convert --eval`), and its predictions are
+compared with the float32 bundle's and the base dynamic-int8 bundle's. Latency: every bundle of a variant
+in a fresh process (edgebert.bench), alternating bundles over rounds, medians of the round medians.
+Sizes: model.tflite, the whole bundle, and the bundle zipped (deflate, level 9).
+
+Targets (checked and reported, never asserted): dynamic int8 within 0.5 accuracy points of float32;
+structured-50 within 1.5 points of float32 and >= 1.6x faster than base dynamic int8; vocab trimming
+>= 2.5x smaller than base dynamic int8 with the same predictions.
+
+Results: DIR/compression.json and DIR/compression.md. Rerunning the command resumes: finished steps
+(DIR/work/<variant>/...) and bundles are reused when their inputs and options are unchanged.
+"""
+SCHEMA = "edgebert.compression/1"

@@ -1,0 +1,40 @@
+"""compression.json -> a markdown table per variant, with the targets."""
+from __future__ import annotations
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def format_markdown(results: dict) -> str:
+    lines = [f"# Compression on {results['data']}", "",
+             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. Accuracy from running "
+             "each model.tflite on the dev set; latency p50 at 1 thread, the median over alternating rounds."]
+    for variant in results["variants"]:
+        weights = "random initialization" if variant["random_weights"] else "pretrained"
+        training, settings = variant["training"], variant["settings"]
+        lines += ["", f"## {variant['variant']} ({weights})", "",
+                  f"Training: {settings['epochs']} epochs for base (best: epoch {training['base_best_epoch']}), "
+                  f"{settings['recover_epochs']} for each model made from it; batch {settings['batch_size']}, "
+                  f"learning rate {settings['learning_rate']:g}. Bundles at seq {settings['seq_len']}; "
+                  f"{settings['rounds']} rounds of {settings['runs']} runs.", "",
+                  "| model | export | dev accuracy | Δ vs float (pt) | agree w/ float | model | bundle | zipped "
+                  "| p50 ms | speed-up | sparsity | vocab |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = variant["rows"]
+        flt = rows[0]
+        dyn = next(r for r in rows if r["model"] == "base" and r["mode"] == "dynamic-int8")
+        for row in rows:
+            delta = 100 * (row["accuracy"] - flt["accuracy"])
+            sparsity = f"{row['sparsity']:.0%}" if "sparsity" in row else ""
+            lines.append(
+                f"| {row['model']} | {row['mode']} | {row['accuracy']:.2%} | {delta:+.2f} | "
+                f"{row['agreement_with_float32']:.1%} | {_kb(row['model_bytes'])} | {_kb(row['bundle_bytes'])} | "
+                f"{_kb(row['zipped_bytes'])} | {row['p50_ms']:.2f} | {dyn['p50_ms'] / row['p50_ms']:.2f}× | "
+                f"{sparsity} | {row['vocab_size']:,} |")
+        lines += ["", "| target | measured | met |", "|---|---:|---|"]
+        for target in variant["targets"]:
+            value = target["value"]
+            shown = f"{value:.2%}" if "predictions" in target["target"] else f"{value:g}"
+            lines.append(f"| {target['target']} | {shown} | {'yes' if target['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
