@@ -49,7 +49,7 @@ from edgebert.errors import BundleError, EdgebertError, UsageError
 from edgebert.results import BENCH_SCHEMA, check_result
 
 DEFAULTS = {"threads": 1, "runs": 50, "warmup": 5, "seq_len": None, "xnnpack": True, "runtime": "auto",
-            "inputs_file": None}
+            "inputs_file": None, "weight_cache": None}
 OVERHEAD_PAIRS = 20
 MB = 1e6
 _RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
@@ -58,7 +58,7 @@ _RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 # --- options and bundles, checked before anything is measured -------------------------------------------
 
 def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, runtime="auto",
-                  inputs_file=None) -> dict:
+                  inputs_file=None, weight_cache=None) -> dict:
     """The options as a plain dict, or a one-line UsageError for a value that cannot work."""
     def integer(name, value, least):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -70,8 +70,20 @@ def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, r
         integer("seq_len", seq_len, 3)
     if runtime not in _RUNTIME_CHOICES:
         raise UsageError(f"unknown runtime {runtime!r} (choose from {', '.join(_RUNTIME_CHOICES)})")
+    if weight_cache is not None and not xnnpack:
+        raise UsageError("--weight-cache caches XNNPACK's packed weights; it cannot go with --no-xnnpack")
+    if weight_cache is not None and Path(weight_cache).exists() and not Path(weight_cache).is_dir():
+        raise UsageError(f"--weight-cache must be a directory: {weight_cache} is a file")
     return {"threads": threads, "runs": runs, "warmup": warmup, "seq_len": seq_len, "xnnpack": bool(xnnpack),
-            "runtime": runtime, "inputs_file": None if inputs_file is None else os.fspath(inputs_file)}
+            "runtime": runtime, "inputs_file": None if inputs_file is None else os.fspath(inputs_file),
+            "weight_cache": None if weight_cache is None else os.fspath(weight_cache)}
+
+
+def weight_cache_file(cache_dir, bundle) -> Path:
+    """One cache file per model (by content): packed weights of another model must never be mapped."""
+    from edgebert.bundle import MODEL_FILE
+
+    return Path(cache_dir) / f"{bundle.manifest['files'][MODEL_FILE]['sha256'][:32]}.xnnpack-cache"
 
 
 def _manifest_value(bundle, *keys):
@@ -232,7 +244,7 @@ def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int):
 
 
 def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 5, seq_len: int | None = None,
-                 xnnpack: bool = True, runtime: str = "auto", inputs_file=None) -> dict:
+                 xnnpack: bool = True, runtime: str = "auto", inputs_file=None, weight_cache=None) -> dict:
     """Measure one bundle in this process; return one result (see the module docstring and edgebert.results)."""
     import numpy as np
 
@@ -240,7 +252,7 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
     from edgebert.interpreter import TFLiteModel, find_runtime
 
     options = check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=xnnpack,
-                            runtime=runtime, inputs_file=inputs_file)
+                            runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache)
     before_runtime = _Memory().current()
     found = find_runtime(runtime)  # imported before the baseline: its cost is reported on its own
     memory = _Memory()
@@ -252,8 +264,11 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
     order = [feeds[i % len(feeds)] for i in range(1 + warmup + runs)]  # a different sentence each call
     cycle = iter(order)
 
+    cache = weight_cache_file(weight_cache, bundle) if weight_cache else None
+    cache_was_warm = bool(cache and cache.is_file())
     start = time.perf_counter_ns()
-    model = TFLiteModel(bundle.model_path, num_threads=threads, runtime=found.name, use_xnnpack=xnnpack)
+    model = TFLiteModel(bundle.model_path, num_threads=threads, runtime=found.name, use_xnnpack=xnnpack,
+                        weight_cache=cache)
     load_ns = time.perf_counter_ns() - start
 
     feed = next(cycle)
@@ -281,7 +296,10 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
         "settings": {"threads": threads, "runs": runs, "warmup": warmup, "xnnpack": bool(xnnpack),
                      "seq_len": length if length is not None else "dynamic",
                      "inputs": options["inputs_file"] or "samples/sentences.txt",
-                     "distinct_inputs": len(feeds), "tokens_mean": _round(tokens_mean, 2)},
+                     "distinct_inputs": len(feeds), "tokens_mean": _round(tokens_mean, 2),
+                     "weight_cache": (None if cache is None else
+                                      {"file": str(cache), "warm": cache_was_warm,
+                                       "bytes": cache.stat().st_size if cache.is_file() else None})},
         "runtime": {"name": found.name, "version": found.version},
         "xnnpack_applied": None if partitions is None else partitions > 0,
         "xnnpack_partitions": partitions,
@@ -327,6 +345,8 @@ def _bare_invoke(model) -> Callable[[], None]:
     (`Interpreter.invoke()` refuses to run while a signature runner holds the native wrapper: its
     reference-count safety check counts the runner's reference as an outstanding numpy buffer.)"""
     runner = model._runner
+    if hasattr(runner, "bare_invoke"):  # CompiledModel with the weight cache
+        return runner.bare_invoke
     wrapper = getattr(runner, "_interpreter_wrapper", None) or model.interpreter._interpreter
     subgraph = getattr(runner, "_subgraph_index", None)
     if subgraph is None:

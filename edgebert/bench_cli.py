@@ -82,11 +82,14 @@ def write_json_atomically(path: Path, data) -> None:
               help="Interpreter to use; auto prefers ai-edge-litert, then tflite-runtime, then tensorflow.")
 @click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), default=None,
               help="Text to feed, one sentence per line (default: the repository's samples/sentences.txt).")
+@click.option("--weight-cache", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Run with XNNPACK's weight cache in DIR (ai-edge-litert): packed weights are written to a file "
+                   "once and memory-mapped after, so a model costs about its own bytes of RAM and loads faster.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Also write the results file (schema edgebert.bench/1) here, atomically.")
 @click.option("--timeout", default=None, type=float,
               help="Seconds allowed per bundle before its worker is stopped and reported as failed.")
-def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, json_out, timeout):
+def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, weight_cache, json_out, timeout):
     """Measure each BUNDLE's latency, load time and memory, each in its own fresh process.
 
     Feeds real tokenized sentences, times warm runs one by one, and prints a table (p50/p90/p99
@@ -96,7 +99,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     from edgebert.bench import bench_many, check_options, format_table
 
     check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack,
-                  runtime=runtime, inputs_file=inputs_file)
+                  runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache)
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if json_out is not None:
@@ -104,7 +107,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     with _BundleProgress() as progress:
         results = bench_many(bundles, progress=progress, timeout=timeout, threads=threads, runs=runs,
                              warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack, runtime=runtime,
-                             inputs_file=inputs_file)
+                             inputs_file=inputs_file, weight_cache=weight_cache)
     click.echo(format_table(results))
     if json_out is not None:
         write_json_atomically(json_out, results)

@@ -50,13 +50,71 @@ def find_runtime(preference: str = "auto") -> Runtime:
                                    "install one with: pip install ai-edge-litert")
 
 
+class _CachedWeightsRunner:
+    """LiteRT's CompiledModel with XNNPACK's weight cache: the weights XNNPACK packs at load time go to
+    a file once and are memory-mapped from it afterwards. The classic Interpreter packs them into
+    anonymous memory beside the mapped model, so a model costs about twice its bytes in RSS; with the
+    cache it costs about its bytes, and a warm load skips the packing. Called like a signature runner."""
+
+    def __init__(self, model_path: Path, cache_file: Path, num_threads: int | None):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cpu = CpuOptions(num_threads=num_threads or 0, xnnpack_weight_cache_path=str(cache_file))
+        self.model = CompiledModel.from_file(str(model_path), options=Options(
+            hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
+        self.signatures = self.model.get_signature_list()
+        self._buffers_for(None)
+
+    def _buffers_for(self, shapes: dict | None):
+        if shapes:
+            for name, shape in shapes.items():
+                self.model.resize_input_tensor_by_name(SIGNATURE, name, list(shape))
+        self.shapes = {n: tuple(d["shape"]) for n, d in self.model.get_input_tensor_details(SIGNATURE).items()}
+        self.outputs = {n: tuple(d["shape"]) for n, d in self.model.get_output_tensor_details(SIGNATURE).items()}
+        self.inputs = {n: self.model.create_input_buffer_by_name(SIGNATURE, n) for n in self.shapes}
+        self.results = {n: self.model.create_output_buffer_by_name(SIGNATURE, n) for n in self.outputs}
+
+    def bare_invoke(self) -> None:
+        """Run on the inputs already written (for the benchmark's Python-overhead figure)."""
+        self.model.run_by_name(SIGNATURE, self.inputs, self.results)
+
+    def __call__(self, **feed: np.ndarray) -> dict[str, np.ndarray]:
+        if any(tuple(feed[name].shape) != shape for name, shape in self.shapes.items()):
+            self._buffers_for({name: value.shape for name, value in feed.items()})
+        for name, buffer in self.inputs.items():
+            buffer.write(np.ascontiguousarray(feed[name], dtype=np.int32))
+        self.model.run_by_name(SIGNATURE, self.inputs, self.results)
+        return {name: self.results[name].read(int(np.prod(shape)), np.float32).reshape(shape)
+                for name, shape in self.outputs.items()}
+
+
+def weight_cache_supported(runtime: Runtime) -> bool:
+    if runtime.name != "ai-edge-litert":
+        return False
+    try:
+        from ai_edge_litert.cpu_options import CpuOptions
+    except ImportError:
+        return False
+    return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {})
+
+
 class TFLiteModel:
-    """A loaded model, called with a dict of int32 [1, S] inputs, returning a dict of outputs."""
+    """A loaded model, called with a dict of int32 [1, S] inputs, returning a dict of outputs.
+
+    `weight_cache` (a file path; ai-edge-litert only) runs it through LiteRT's CompiledModel with
+    XNNPACK's weight cache there (see _CachedWeightsRunner); the operator listing is then unavailable."""
 
     def __init__(self, model_path: str | Path, *, num_threads: int | None = None, runtime: str = "auto",
-                 use_xnnpack: bool = True):
+                 use_xnnpack: bool = True, weight_cache: str | Path | None = None):
         self.path = Path(model_path)
         self.runtime = find_runtime(runtime)
+        self.weight_cache = Path(weight_cache) if weight_cache else None
+        if self.weight_cache:
+            self._open_with_weight_cache(num_threads, use_xnnpack)
+            return
         kwargs = {"model_path": str(self.path), "num_threads": num_threads}
         if not use_xnnpack:
             resolver = self.runtime.module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -71,6 +129,26 @@ class TFLiteModel:
                               self.path) from None
         if SIGNATURE not in signatures:
             raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
+        self.input_names = tuple(sorted(signatures[SIGNATURE]["inputs"]))
+        self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
+        self._delegate_applied = False
+
+    def _open_with_weight_cache(self, num_threads: int | None, use_xnnpack: bool) -> None:
+        if not use_xnnpack:
+            raise UsageError("the XNNPACK weight cache needs XNNPACK (drop --no-xnnpack)")
+        if not weight_cache_supported(self.runtime):
+            raise UsageError(f"the XNNPACK weight cache needs ai-edge-litert with CompiledModel "
+                             f"(this is {self.runtime.describe()})")
+        try:
+            with native_output_silenced():  # LiteRT lists the accelerators it could not load
+                self._runner = _CachedWeightsRunner(self.path, self.weight_cache, num_threads)
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(f"not a loadable TFLite model ({str(error).strip().splitlines()[0]})",
+                              self.path) from None
+        signatures = self._runner.signatures
+        if SIGNATURE not in signatures:
+            raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
+        self.interpreter = None
         self.input_names = tuple(sorted(signatures[SIGNATURE]["inputs"]))
         self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
         self._delegate_applied = False
@@ -90,6 +168,8 @@ class TFLiteModel:
         lazily by the first call, which replaces each run of nodes it accepts by one DELEGATE node):
         0 means every operator runs on the builtin kernels. Meaningful after the first call; None when
         this runtime cannot list its nodes."""
+        if self.interpreter is None:  # CompiledModel (weight cache) does not list its nodes
+            return None
         try:
             ops = self.interpreter._get_ops_details()
         except (AttributeError, ValueError, RuntimeError):

@@ -55,12 +55,21 @@ def main(argv=None) -> int:
                             trim_max_tokens=args.trim_max_tokens, runs=args.runs, rounds=args.rounds, seed=args.seed,
                             checkpoints={k: Path(v) for k, v in checkpoints.items()}, pretrained=args.pretrained,
                             max_train_examples=args.max_train_examples)
-        results = run(settings, args.out, log)
+        results = run(settings, args.out, log, progress=_epoch_log(log))
     except (EdgebertError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_markdown(results))
     return 0
+
+
+def _epoch_log(log):
+    from converters.finetune import Progress
+
+    def epoch_end(record):
+        dev = ", ".join(f"dev {k} {v:.4f}" for k, v in record.get("dev", {}).items())
+        log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {dev}, {record['seconds']:.0f} s")
+    return Progress(log=log, on_epoch_end=epoch_end)
 
 
 def _custom_shape(text: str):

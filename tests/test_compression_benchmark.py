@@ -1,0 +1,43 @@
+"""The compression benchmark runs end to end on a tiny model and task (no figure is asserted)."""
+from __future__ import annotations
+
+import json
+
+from test_finetune import _write_task
+
+
+def test_compression_benchmark_smoke(tmp_path):
+    from benchmarks.compression.__main__ import main
+
+    data = tmp_path / "task"
+    data.mkdir()
+    _write_task(data / "train.tsv", 96, 0)
+    _write_task(data / "dev.tsv", 32, 1)
+    out = tmp_path / "out"
+    args = ["--data", data, "--custom", "2,32,4,64", "--out", out, "--epochs", 1, "--recover-epochs", 1,
+            "--batch-size", 16, "--learning-rate", "1e-3", "--trim-max-tokens", 150, "--runs", 2, "--rounds", 1,
+            "--seq-len", 16]
+    assert main([str(a) for a in args]) == 0
+    results = json.loads((out / "compression.json").read_text())
+    assert results["schema"] == "edgebert.compression/1"
+    (variant,) = results["variants"]
+    rows = {(r["model"], r["mode"]): r for r in variant["rows"]}
+    assert len(rows) == 8 and variant["random_weights"] is True
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 1 and row["p50_ms"] > 0 and 0 < row["zipped_bytes"]
+        assert row["model_bytes"] < row["bundle_bytes"]
+    assert abs(rows[("unstructured-80", "dynamic-int8")]["sparsity"] - 0.8) < 0.01
+    assert rows[("structured-50", "dynamic-int8")]["layer_heads"] == [2, 2]
+    assert rows[("vocab-trimmed", "dynamic-int8")]["vocab_size"] == 150
+    assert rows[("structured-50", "dynamic-int8")]["steps"] == ["finetune", "structured-pruning", "finetune"]
+    assert [t["target"] for t in variant["targets"]][0] == "dynamic int8 within 0.5 points of float32"
+    assert "| structured-50 | dynamic-int8 |" in (out / "compression.md").read_text()
+    # A rerun resumes: every step and bundle is reused.
+    assert main([str(a) for a in args]) == 0
+
+
+def test_compression_benchmark_needs_a_task_folder(tmp_path, capsys):
+    from benchmarks.compression.__main__ import main
+
+    assert main(["--data", str(tmp_path), "--custom", "2,32,4,64", "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'train.tsv'}: not found (--data is a GLUE task folder)"
