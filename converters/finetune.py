@@ -23,7 +23,6 @@ finished epoch. Shuffling is seeded per epoch, so a resumed run sees the same ba
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -341,8 +340,9 @@ def finetune(source: Source, train: TaskData, dev: TaskData | None, out_dir: Pat
              progress: Progress = Progress(), force: bool = False, restart: bool = False) -> FinetuneResult:
     """Fine-tune `source` on `train`, choose the best epoch on `dev` (the last epoch without one), and
     write it to out_dir as a Google-layout classifier checkpoint that `edgebert convert` reads."""
-    from converters.model import build_bert, get_google_weights, set_google_weights
+    from converters.model import build_bert, set_google_weights
     from converters.tf_import import tf, tf_keras
+    from converters.vocab_trim import source_vocab
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -416,7 +416,7 @@ def finetune(source: Source, train: TaskData, dev: TaskData | None, out_dir: Pat
             pruning_steps.on_epoch_end(batch=-1)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "seconds": round(time.perf_counter() - epoch_started, 1)}
-        epoch_weights = _plain_weights(model, source.config, num_labels, bool(schedule), get_google_weights)
+        epoch_weights = _plain_weights(model, source.config, num_labels, pruned=bool(schedule))
         eligible = not schedule or (epoch * steps_per_epoch - 1) >= schedule.end_step
         if schedule:
             record["sparsity"] = pruning.measure_sparsity(epoch_weights, source.config)["overall"]
@@ -457,19 +457,12 @@ def finetune(source: Source, train: TaskData, dev: TaskData | None, out_dir: Pat
         result_record["pruning"] = {"spec": options.pruning.to_dict(), "schedule": dataclasses.asdict(schedule),
                                     "measured": pruning.check_sparsity(best_weights, source.config, options.pruning)}
     history = source.history + [result_record]
-    vocab = _vocab(source)
     google_checkpoint.write_checkpoint_directory(
-        out_dir, source.config, best_weights, vocab, force=force,
+        out_dir, source.config, best_weights, source_vocab(source), force=force,
         record={"lowercase": source.lowercase, "labels": list(train.label_names),
                 "random_init": source.random_weights, "history": history})
     shutil.rmtree(work_dir, ignore_errors=True)
     return FinetuneResult(out_dir, result_record, state["best"]["dev"])
-
-
-def _vocab(source: Source) -> list[str]:
-    from converters.vocab_trim import source_vocab
-
-    return source_vocab(source)
 
 
 def _pruning_step_callback(model):
@@ -482,7 +475,10 @@ def _pruning_step_callback(model):
     return callback
 
 
-def _plain_weights(model, config, num_labels, pruned: bool, get_google_weights) -> dict[str, np.ndarray]:
+def _plain_weights(model, config, num_labels, *, pruned: bool) -> dict[str, np.ndarray]:
+    """Google-named weights; a pruned model is stripped of its wrappers first (masks applied)."""
+    from converters.model import get_google_weights
+
     return get_google_weights(pruning.strip(model) if pruned else model, config, num_labels)
 
 
@@ -542,6 +538,3 @@ def search(source: Source, train: TaskData, dev: TaskData, out_dir: Path, option
     staging.rename(out_dir)
     return FinetuneResult(out_dir, record["history"][-1], best_record["dev_metrics"])
 
-
-def options_digest(options: FinetuneOptions) -> str:
-    return hashlib.sha256(json.dumps(options.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]

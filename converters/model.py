@@ -16,6 +16,11 @@ from converters.tf_import import tf, tf_keras
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MASKED_SCORE = -10000.0  # what Google's modeling.py adds to scores of padding positions
+# Full int8 quantizes the attention scores with the mask added: a -10000 bias stretches their int8 range
+# so far that one step is ~40 and the real scores all round to the same value (a fine-tuned SST-2
+# classifier's probabilities moved by 0.90). -30 already gives a padded key a softmax weight below
+# e^-10 (scores differ by less than 20), far under int8's resolution of 1/256, and keeps a step near 0.2.
+INT8_MASKED_SCORE = -30.0
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
@@ -57,10 +62,17 @@ class PositionEmbedding(tf_keras.layers.Layer):
 class AttentionMaskBias(tf_keras.layers.Layer):
     """Turns the 0/1 attention mask into an additive bias over the key positions."""
 
+    def __init__(self, masked_score: float = MASKED_SCORE, **kwargs):
+        super().__init__(**kwargs)
+        self.masked_score = masked_score
+
     def call(self, attention_mask):  # (B, S) int32
-        bias = (1.0 - tf.cast(attention_mask, tf.float32)) * MASKED_SCORE  # (B, S)
+        bias = (1.0 - tf.cast(attention_mask, tf.float32)) * self.masked_score  # (B, S)
         # tf.reshape, not mask[:, None, None, :]: the strided-slice form needs a Flex op.
         return tf.reshape(bias, [-1, 1, 1, tf.shape(bias)[1]])  # (B, 1, 1, S)
+
+    def get_config(self):
+        return {**super().get_config(), "masked_score": self.masked_score}
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
@@ -132,7 +144,7 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
 
 
 def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
-               dropout: float = 0.0) -> tf_keras.Model:
+               dropout: float = 0.0, masked_score: float = MASKED_SCORE) -> tf_keras.Model:
     """The encoder (outputs `sequence_output`, `pooled_output`), or with num_labels a classifier
     (output `logits`). seq_len None builds a model for any length up to max_positions. `dropout` is
     for fine-tuning (BERT uses 0.1); the weights are the same with or without it."""
@@ -143,7 +155,7 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
                                       name="token_type_embeddings")(inputs["token_type_ids"])  # (B, S, H)
     x = PositionEmbedding(config.max_positions, config.hidden_size, name="position_embeddings")(words + types)
     x = _dropout(dropout, "embeddings_dropout")(_layer_norm(config, "embeddings_layer_norm")(x))  # (B, S, H)
-    mask_bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
+    mask_bias = AttentionMaskBias(masked_score, name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
     for index in range(config.num_layers):
         x = encoder_layer(x, mask_bias, config, index, dropout)
     pooled = tf_keras.layers.Dense(config.hidden_size, activation="tanh",

@@ -166,7 +166,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             fetch_progress=None) -> ConversionResult:
     """Convert a checkpoint into a validated bundle at out_dir (atomically; nothing on failure).
     `fetch_progress(done, total)` reports the download when source_path is a variant name."""
-    from converters.model import build_bert, set_google_weights
+    from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -202,9 +202,13 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size})")
     model = build_bert(config, seq_len, num_labels)
     unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
+    exported = model
+    if mode is QuantizeMode.INT8:  # the same weights with an int8-friendly mask bias (see model.py)
+        exported = build_bert(config, seq_len, num_labels, masked_score=INT8_MASKED_SCORE)
+        exported.set_weights(model.get_weights())
     log(f"exporting {mode.value} (seq len {seq_len or 'dynamic'})")
     with native_output_silenced():
-        model_bytes = export_tflite(model, seq_len, mode, calibration, options.compat)
+        model_bytes = export_tflite(exported, seq_len, mode, calibration, options.compat)
 
     log("validating against the float model")
     validation_inputs = _encode_each(tokenizer, _texts(options.validation_size), seq_len)
@@ -264,7 +268,8 @@ def describe_validation(manifest: dict) -> str:
     for name, entry in manifest["validation"]["outputs"].items():
         text = f"{name}: min cos {entry['min_cosine']:.6f}, max |diff| {entry['max_abs_diff']:.3g}"
         if "argmax_agreement" in entry:
-            text += f", argmax agreement {entry['argmax_agreement']:.1%}"
+            text += (f", max probability diff {entry['max_probability_diff']:.3g}, "
+                     f"argmax agreement {entry['argmax_agreement']:.1%}")
         parts.append(text)
     return "; ".join(parts)
 

@@ -223,7 +223,8 @@ def test_convert_prints_the_bundle_on_stdout_and_progress_on_stderr(encoder_run,
     assert not any(line.startswith("error") or "Traceback" in line for line in lines)
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["recipe"] == {"quantize": "dynamic-int8", "seq_len": 32, "compat": None, "calibration": None}
+    assert manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 32, "compat": None,
+                                  "calibration": None}
     assert manifest["head"] == "encoder" and manifest["labels"] == []
     min_cos = float(re.search(r"pooled_output: min cos ([\d.]+)", lines[-1]).group(1))
     assert min_cos == pytest.approx(manifest["validation"]["outputs"]["pooled_output"]["min_cosine"], abs=1e-6)

@@ -162,3 +162,23 @@ def test_manifest_records_the_contract(tiny_checkpoint, tmp_path):
     assert manifest["model"]["head_size"] == 8 and manifest["tokenizer"]["lowercase"] is True
     assert set(manifest["tools"]) >= {"edgebert", "tensorflow", "tf_keras", "numpy", "tokenizers", "python"}
     assert len(manifest["source"]["sha256"]) == 64
+
+
+def test_classifier_logits_are_checked_by_probability_not_cosine():
+    from converters.export import QuantizeMode
+    from converters.validate import check_thresholds, compare_outputs
+
+    # Nine texts the classifier is sure of, and one it cannot decide on whose logits flip sign: cosine -1,
+    # probabilities moved by 0.025.
+    confident = np.tile(np.array([[2.0, -2.0]], np.float32), (9, 1))
+    expected = np.vstack([confident, [[0.02, -0.02]]])
+    actual = np.vstack([confident, [[-0.03, 0.03]]])
+    report = compare_outputs({"logits": expected}, {"logits": actual}, np.ones((10, 4), np.int32))
+    assert report["logits"]["min_cosine"] < -0.99
+    assert report["logits"]["max_probability_diff"] == pytest.approx(0.025, abs=1e-3)
+    assert check_thresholds(report, QuantizeMode.INT8)["logits"] == {"max_probability_diff": 0.2,
+                                                                      "argmax_agreement": 0.8}
+    confident = compare_outputs({"logits": np.array([[3.0, -3.0]])}, {"logits": np.array([[-3.0, 3.0]])},
+                                np.ones((1, 4), np.int32))
+    with pytest.raises(ValidationError, match="logits max probability difference vs float"):
+        check_thresholds(confident, QuantizeMode.DYNAMIC_INT8)

@@ -32,6 +32,8 @@ def format_markdown(results: dict) -> str:
                 f"{row['agreement_with_float32']:.1%} | {_kb(row['model_bytes'])} | {_kb(row['bundle_bytes'])} | "
                 f"{_kb(row['zipped_bytes'])} | {row['p50_ms']:.2f} | {dyn['p50_ms'] / row['p50_ms']:.2f}× | "
                 f"{sparsity} | {row['vocab_size']:,} |")
+        for row in variant.get("failed", []):
+            lines.append(f"| {row['model']} | {row['mode']} | failed: {row['error']} ||||||||||")
         lines += ["", "| target | measured | met |", "|---|---:|---|"]
         for target in variant["targets"]:
             value = target["value"]

@@ -118,11 +118,29 @@ def build_checkpoints(variant: Shape, settings: Settings, work: Path, log, progr
     return made
 
 
-def _bundle(checkpoint: Path, out: Path, mode: str, settings: Settings, log) -> dict:
-    """Convert (evaluated on dev by running the .tflite), reusing a finished bundle of the same checkpoint."""
+def _calibration_text(settings: Settings, work: Path) -> Path:
+    """Full int8 is calibrated on the task's own training sentences (the default, samples/, is general
+    English): 200 of them, drawn with the run's seed."""
+    import numpy as np
+
+    from converters.tasks import load_task
+
+    path = work / "calibration.txt"
+    if not path.is_file():
+        texts = load_task(settings.data / "train.tsv").texts
+        chosen = np.random.default_rng(settings.seed).permutation(len(texts))[:200]
+        lines = [texts[i] if isinstance(texts[i], str) else texts[i][0] for i in chosen]
+        path.write_text("\n".join(line.replace("\n", " ") for line in lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _bundle(checkpoint: Path, out: Path, mode: str, settings: Settings, calibration: Path, log) -> dict:
+    """Convert (evaluated on dev by running the .tflite), reusing a finished bundle of the same checkpoint.
+    An export that fails its validation is recorded as {"error": ...}, and the run goes on."""
     from converters.export import QuantizeMode
     from converters.pipeline import ConvertOptions, convert
     from converters.sources import load_source
+    from edgebert.errors import ValidationError
 
     source = load_source(checkpoint)
     manifest_path = out / "manifest.json"
@@ -131,9 +149,14 @@ def _bundle(checkpoint: Path, out: Path, mode: str, settings: Settings, log) -> 
         if manifest["source"]["sha256"] == source.sha256 and manifest["recipe"]["quantize"] == mode:
             return manifest
     options = ConvertOptions(quantize=QuantizeMode(mode), seq_len=settings.seq_len, force=True,
-                             eval_file=settings.data / "dev.tsv")
+                             eval_file=settings.data / "dev.tsv", calibration_file=calibration,
+                             calibration_size=200)
     log(f"converting {out.name}")
-    return convert(checkpoint, out, options, log=lambda message: None, source=source).manifest
+    try:
+        return convert(checkpoint, out, options, log=lambda message: None, source=source).manifest
+    except ValidationError as error:
+        log(f"{out.name}: {error}")
+        return {"error": str(error)}
 
 
 def _sizes(bundle: Path) -> dict:
@@ -178,18 +201,23 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
     started = time.perf_counter()
     work = out / "work" / variant.name
     checkpoints = build_checkpoints(variant, settings, work, log, progress)
-    bundles, manifests = {}, {}
+    bundles, manifests, failed = {}, {}, []
+    calibration = _calibration_text(settings, work)
     for model, mode in ROWS:
         key = f"{model} {mode}"
         path = out / "bundles" / variant.name / f"{model.replace(':', 'of')}.{mode}"
-        manifests[key] = _bundle(checkpoints[model], path, mode, settings, log)
-        bundles[key] = path
+        manifest = _bundle(checkpoints[model], path, mode, settings, calibration, log)
+        if "error" in manifest:
+            failed.append({"model": model, "mode": mode, "error": manifest["error"]})
+            continue
+        manifests[key], bundles[key] = manifest, path
     dev = load_task(settings.data / "dev.tsv")
     predictions = {key: _predictions(path, dev) for key, path in bundles.items()}
     latency = _latencies(bundles, settings, log)
     float_key, int8_key = "base float32", "base dynamic-int8"
     rows = []
-    for (model, mode), (key, path) in zip(ROWS, bundles.items()):
+    for key, path in bundles.items():
+        model, mode = key.rsplit(" ", 1)
         manifest = manifests[key]
         history = manifest["source"]["history"]
         row = {"model": model, "mode": mode, "bundle": str(path),
@@ -211,7 +239,7 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
             row["trim"]["corpus_coverage"] = trim["corpus"]["coverage"]
         rows.append(row)
     base_record = manifests[float_key]["source"]["history"][-1]
-    return {"variant": variant.name, "rows": rows, "targets": check_targets(rows),
+    return {"variant": variant.name, "rows": rows, "failed": failed, "targets": check_targets(rows),
             "training": {"base_best_epoch": base_record["best_epoch"], "base_epochs": len(base_record["epochs"]),
                          "base_dev": base_record["dev_metrics"], "options": base_record["options"]},
             "random_weights": manifests[float_key]["source"]["random_weights"],
