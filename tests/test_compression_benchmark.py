@@ -11,11 +11,11 @@ def test_compression_benchmark_smoke(tmp_path):
 
     data = tmp_path / "task"
     data.mkdir()
-    _write_task(data / "train.tsv", 96, 0)
-    _write_task(data / "dev.tsv", 32, 1)
+    _write_task(data / "train.tsv", 64, 0)
+    _write_task(data / "dev.tsv", 16, 1)
     out = tmp_path / "out"
     args = ["--data", data, "--custom", "2,32,4,64", "--out", out, "--epochs", 1, "--recover-epochs", 1,
-            "--batch-size", 16, "--learning-rate", "1e-3", "--trim-max-tokens", 150, "--runs", 2, "--rounds", 1,
+            "--batch-size", 16, "--learning-rate", "1e-3", "--trim-max-tokens", 150, "--runs", 1, "--rounds", 1,
             "--seq-len", 16]
     assert main([str(a) for a in args]) == 0
     results = json.loads((out / "compression.json").read_text())
