@@ -24,7 +24,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
