@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.sources import file_sha256
 from converters.tasks import TaskData, load_task, metrics
 from edgebert import tokenizer as tokenization
 from edgebert.bundle import MANIFEST_FILE, read_bundle
@@ -78,14 +79,6 @@ def check_task_fits(task_data: TaskData, num_labels: int, model: str | os.PathLi
     if task_data.labels[high] >= num_labels:
         raise UsageError(f"line {task_data.line_numbers[high]}: label {task_data.labels[high]} is out of range "
                          f"for the classifier of {model}, which has {num_labels} labels", task_data.path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def predictions_sha256(predictions: list[int]) -> str:

@@ -187,22 +187,28 @@ def load_task(path: str | os.PathLike, *, text_columns: Sequence[str | int] | st
                     metric_names=metric_names, line_numbers=numbers)
 
 
-def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, tab-separated fields) of every non-blank line."""
+def read_utf8(path: Path, kind: str = "task file", expected: str = "a TSV file") -> str:
+    """The whole file as text (a UTF-8 byte-order mark dropped), or a one-line SourceError naming it:
+    missing, a directory, unreadable, or not UTF-8 (with the offset and line of the first bad byte)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise SourceError("task file not found", path) from None
+        raise SourceError(f"{kind} not found", path) from None
     except IsADirectoryError:
-        raise SourceError("is a directory, not a TSV file", path) from None
+        raise SourceError(f"is a directory, not {expected}", path) from None
     except OSError as error:
-        raise SourceError(f"cannot read task file: {error.strerror}", path) from None
+        raise SourceError(f"cannot read {kind}: {error.strerror}", path) from None
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise SourceError(f"not UTF-8 (bad byte 0x{data[error.start]:02x} at offset {error.start}, "
                           f"line {line})", path) from None
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, tab-separated fields) of every non-blank line."""
+    text = read_utf8(path)
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")

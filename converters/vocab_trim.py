@@ -55,7 +55,7 @@ import numpy as np
 
 from converters import google_checkpoint
 from converters.sources import Source
-from converters.tasks import load_task
+from converters.tasks import load_task, read_utf8
 from edgebert import tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError, ValidationError
 
@@ -261,22 +261,9 @@ def read_corpus_file(path: str | os.PathLike) -> list:
     anything else is a GLUE-style TSV read by `converters.tasks.load_task` (texts only, labels ignored;
     pairs as (a, b) tuples). A missing, non-UTF-8 or empty file is a one-line SourceError naming it."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SourceError("corpus file not found", path) from None
-    except IsADirectoryError:
-        raise SourceError("is a directory, not a corpus file", path) from None
-    except OSError as error:
-        raise SourceError(f"cannot read corpus file: {error.strerror}", path) from None
+    text = read_utf8(path, "corpus file", "a corpus file")
     if path.suffix.lower() != ".txt":
         return list(load_task(path).texts)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise SourceError(f"not UTF-8 (bad byte 0x{data[error.start]:02x} at offset {error.start}, "
-                          f"line {line})", path) from None
     lines = [line.strip() for line in text.split("\n")]  # not splitlines(): see converters.tasks
     lines = [line for line in lines if line]
     if not lines:

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from benchmarks.compression.report import format_markdown
-    from benchmarks.compression.run import Settings, Shape, grid_shape, run
+    from benchmarks.compression.run import Settings, grid_shape, run
     from edgebert.errors import EdgebertError
     from edgebert.variants import parse_variant_list
 
