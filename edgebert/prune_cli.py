@@ -13,10 +13,6 @@ import click
 from edgebert.errors import UsageError
 
 
-def _say(message: str) -> None:
-    click.echo(message, err=True)
-
-
 def _fraction(text: str, option: str) -> float:
     try:
         value = float(text)
@@ -64,7 +60,7 @@ def prune(source, task_file, heads_fraction, ffn_fraction, drop_layers, examples
     ffn = _fraction(ffn_fraction, "--ffn")
     if heads == 0 and ffn == 0 and drop_layers == 0:
         raise UsageError("nothing to prune: give --heads, --ffn or --drop-layers")
-    from edgebert.cli import _converters_or_exit
+    from edgebert.cli import _converters_or_exit, _say
 
     _converters_or_exit()
     from converters.structured import prune_to_directory

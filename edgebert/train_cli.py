@@ -21,13 +21,6 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
-def _ints(text: str, option: str) -> list[int]:
-    values = _floats(text, option)
-    if any(v != int(v) for v in values):
-        raise UsageError(f"{option} must be whole numbers, got {text!r}")
-    return [int(v) for v in values]
-
-
 class _EpochBar:
     """One progress bar per epoch on stderr, showing the running loss."""
 
@@ -123,7 +116,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
     checkpoint is saved every epoch; rerun the same command after an interruption to resume. Add
     --teacher to distil, --prune to magnitude-prune. Then: edgebert convert OUT --out BUNDLE.
     """
-    from edgebert.cli import _converters_or_exit, _say
+    from edgebert.cli import _converters_or_exit, _int_list, _say
 
     _converters_or_exit()
     from converters.finetune import (MINIATURES_BATCH_SIZES, MINIATURES_LEARNING_RATES, FinetuneOptions,
@@ -136,7 +129,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                "label_column": _column(label_column) if label_column else None}
     train = load_task(train_file, **columns)
     dev = load_task(dev_file, **columns) if dev_file else None
-    batch_sizes = list(MINIATURES_BATCH_SIZES) if search else _ints(batch_size, "--batch-size")
+    batch_sizes = list(MINIATURES_BATCH_SIZES) if search else _int_list(batch_size, "--batch-size")
     learning_rates = list(MINIATURES_LEARNING_RATES) if search else _floats(learning_rate, "--learning-rate")
     pruning = None
     if prune_sparsity is not None or prune_pattern != "unstructured":

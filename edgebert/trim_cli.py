@@ -11,10 +11,6 @@ from pathlib import Path
 import click
 
 
-def _say(message: str) -> None:
-    click.echo(message, err=True)
-
-
 def summary_line(out_dir: Path, report: dict) -> str:
     """The one stdout line: vocab rows, int8 embedding bytes, corpus coverage, texts re-segmented."""
     corpus = report["corpus"]
@@ -48,7 +44,7 @@ def trim_vocab(source, corpus_files, out_dir, max_tokens, min_count, keep_charac
     before, so the converted model gives the same outputs on it; --max-tokens trades coverage for size.
     """
     from edgebert.bundle import check_output_dir
-    from edgebert.cli import _converters_or_exit, _ProgressBar
+    from edgebert.cli import _ProgressBar, _converters_or_exit, _say
 
     check_output_dir(out_dir, force)  # before minutes of work
     _converters_or_exit()
