@@ -30,6 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -170,6 +171,30 @@ def predict_logits(model, data: EncodedTask, batch_size: int) -> np.ndarray:
     for rows in _length_sorted_batches(data, batch_size):
         logits[rows] = model(data.batch(rows), training=False)["logits"].numpy()
     return logits
+
+
+def predict_labels(source: Source, texts: Sequence, seq_len: int = 128, batch_size: int = 256) -> np.ndarray:
+    """The float classifier's predicted label of each text (str, or (str, str) pairs), tokenized with
+    the source's own vocab at seq_len: what `vocab_trim.trim_keeping_predictions` compares."""
+    from converters.model import build_bert, set_google_weights
+    from converters.pipeline import bundle_tokenizer
+
+    if not source.num_labels:
+        raise UsageError("has no classifier head: predictions need a fine-tuned classifier "
+                         "(edgebert finetune makes one)", source.path)
+    model = build_bert(source.config, None, source.num_labels)
+    set_google_weights(model, source.config, source.weights, source.num_labels, str(source.path))
+    tokenizer = bundle_tokenizer(source, seq_len)
+    labels = np.zeros(len(texts), np.int64)
+    # The tokenizer takes single sentences or pairs, not a mix: a corpus may hold both.
+    for is_pair in (False, True):
+        rows = [i for i, text in enumerate(texts) if isinstance(text, tuple) == is_pair]
+        if rows:
+            encoded = tokenization.encode(tokenizer, [texts[i] for i in rows], seq_len)
+            data = EncodedTask(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
+                               np.zeros(len(rows), np.int32), encoded["attention_mask"].sum(1))
+            labels[rows] = predict_logits(model, data, batch_size).argmax(-1)
+    return labels
 
 
 def score(model, data: EncodedTask, task: TaskData, batch_size: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ followed by the export:
     kind = "prune"           # structured: heads, ffn, drop_layers, examples
     heads = 0.5
     [[steps]]
-    kind = "trim-vocab"      # max_tokens, min_count, keep_characters
+    kind = "trim-vocab"      # max_tokens, min_count, keep_characters, keep_predictions
     [convert]                # ConvertOptions: quantize, seq_len, compat
     quantize = "dynamic-int8"
 
@@ -40,7 +40,8 @@ _PRUNING_KEYS = {"prune": "sparsity", "prune_pattern": "pattern", "prune_begin":
                  "prune_frequency": "frequency"}
 _PRUNE_KEYS = {"heads": "heads_fraction", "ffn": "ffn_fraction", "drop_layers": "drop_layers",
                "examples": "max_examples"}
-_TRIM_KEYS = {"max_tokens": "max_tokens", "min_count": "keep_min_count", "keep_characters": "keep_characters"}
+_TRIM_KEYS = {"max_tokens": "max_tokens", "min_count": "keep_min_count", "keep_characters": "keep_characters",
+              "keep_predictions": "keep_predictions"}
 _CONVERT_KEYS = ("quantize", "seq_len", "compat")
 
 
@@ -140,7 +141,10 @@ def _step_options(step: Step, recipe: Recipe, overrides: dict | None = None):
             spec = PruningSpec.parse(pruning.pop("sparsity", None), pruning.pop("pattern", "unstructured"), **pruning)
         return FinetuneOptions(**options, pruning=spec)
     keys = _PRUNE_KEYS if step.kind == "prune" else _TRIM_KEYS
-    return {keys[k]: v for k, v in options.items()}
+    options = {keys[k]: v for k, v in options.items()}
+    if not isinstance(options.get("keep_predictions", False), bool):
+        raise UsageError(f"keep_predictions must be true or false, got {options['keep_predictions']!r}")
+    return options
 
 
 def convert_options(recipe: Recipe, chosen: dict, **extra):
@@ -213,7 +217,13 @@ def run_steps(recipe: Recipe, source_path: str | Path, work_dir: Path, inputs: R
             structured.prune_to_directory(current, inputs.task, out, log=log, **options)
         else:
             texts = vocab_trim.load_corpus(inputs.corpus) if inputs.corpus else list(load_task(inputs.task).texts)
-            trimmed, report = vocab_trim.trim_vocabulary(source, texts, **options)
+            if options.pop("keep_predictions", False):
+                seq_len = convert_options(recipe, {}).seq_len
+                trimmed, report = vocab_trim.trim_keeping_predictions(
+                    source, texts, lambda model, batch: finetuning.predict_labels(model, batch, seq_len or 128),
+                    log=log, **options)
+            else:
+                trimmed, report = vocab_trim.trim_vocabulary(source, texts, **options)
             log(f"vocab {report['original_vocab_size']:,} -> {report['vocab_size']:,} tokens")
             vocab_trim.write_trimmed(trimmed, report, out)
         stamp.write_text(json.dumps(fingerprint, indent=2) + "\n")

@@ -47,7 +47,7 @@ import dataclasses
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -240,6 +240,65 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
                                   sha256=digest.hexdigest(), kind=f"{source.kind}+trimmed-vocab",
                                   history=[*source.history, {"step": TRIM_STEP, **report}])
     return trimmed, report
+
+
+Predictor = Callable[[Source, Sequence], np.ndarray]  # (source, texts) -> the label of each text
+
+
+def trim_keeping_predictions(source: Source, corpus_texts: Sequence, predict: Predictor, *,
+                             max_tokens: int | None, max_rounds: int = 20,
+                             log: Callable[[str], None] = lambda message: None,
+                             **options) -> tuple[Source, dict]:
+    """`trim_vocabulary` within a budget, with every corpus text keeping its predicted label.
+
+    A budget drops the rarest pieces and re-segments the texts that used them, and a few of those texts
+    then change label. So each round predicts the re-segmented texts with the original and the trimmed
+    source, gives back (as extra tokens) the dropped pieces of every text whose label changed, and trims
+    again: the next rarest pieces go in their place. It stops when no corpus text changes label, and
+    raises UsageError when the given-back pieces no longer fit the budget or after max_rounds.
+
+    Only the corpus is checked: text outside it that uses a dropped piece may still change label, so
+    the corpus should be the text the model will see (a task's training and evaluation sentences, as
+    unlabelled text). `predict` is `converters.finetune.predict_labels` in the converter; the report
+    gains "kept_predictions" with the rounds, the pieces given back and the texts compared."""
+    vocab = source_vocab(source)
+    original = word_piece_ids(vocab, source.lowercase, corpus_texts)
+    segment_text = [index for index, text in enumerate(corpus_texts)
+                    for _ in (text if isinstance(text, tuple) else (text,))]
+    given_back = set(options.pop("extra_tokens", ()))
+    labels_before: dict[int, int] = {}  # corpus text index -> the original source's label
+    for round_number in range(1, max_rounds + 1):
+        try:
+            trimmed, report = trim_vocabulary(source, corpus_texts, extra_tokens=sorted(given_back),
+                                              max_tokens=max_tokens, **options)
+        except UsageError:
+            if round_number == 1:
+                raise
+            raise UsageError(f"--max-tokens {max_tokens} cannot keep every corpus prediction: the "
+                             f"{len(given_back):,} pieces whose loss changes a label, with the special tokens "
+                             f"and characters, do not fit") from None
+        kept_original_ids = id_mapping(vocab, trimmed.vocab).tolist()
+        retokenized = word_piece_ids(trimmed.vocab, source.lowercase, corpus_texts)
+        changed = sorted({segment_text[k] for k, (old, new) in enumerate(zip(original, retokenized))
+                          if old != [kept_original_ids[i] for i in new]})
+        unknown = [i for i in changed if i not in labels_before]
+        if unknown:
+            labels_before.update(zip(unknown, np.asarray(predict(source, [corpus_texts[i] for i in unknown])).tolist()))
+        labels_after = np.asarray(predict(trimmed, [corpus_texts[i] for i in changed])).tolist() if changed else []
+        flipped = [i for i, label in zip(changed, labels_after) if label != labels_before[i]]
+        log(f"round {round_number}: {len(changed):,} texts re-segmented, {len(flipped):,} changed label")
+        if not flipped:
+            report["kept_predictions"] = {"rounds": round_number, "tokens_given_back": len(given_back),
+                                          "texts_compared": len(labels_before), "texts_resegmented": len(changed),
+                                          "labels_changed": 0}
+            history = [*source.history, {"step": TRIM_STEP, **report}]
+            return dataclasses.replace(trimmed, history=history), report
+        kept = set(trimmed.vocab)
+        flipped_texts = set(flipped)
+        # Every flipped text was re-segmented, so it lost at least one piece: the set grows each round.
+        given_back |= {vocab[j] for k, ids in enumerate(original) if segment_text[k] in flipped_texts
+                       for j in ids if vocab[j] not in kept}
+    raise UsageError(f"the trim still changed labels after {max_rounds} rounds: raise --max-tokens")
 
 
 def write_trimmed(source: Source, report: dict, out_dir: str | os.PathLike, force: bool = False) -> Path:

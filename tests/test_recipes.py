@@ -77,6 +77,7 @@ def test_a_recipe_from_a_file_and_its_errors(tiny_checkpoint, small_task, tmp_pa
         '[[steps]]\nkind = "finetune"\nprune = 1.5\n': "target sparsity must be between 0 and 1",
         '[convert]\nquantize = "int4"\n': "unknown quantization mode 'int4'",
         'description = "unclosed\n': "not a readable TOML recipe",
+        '[[steps]]\nkind = "trim-vocab"\nkeep_predictions = "yes"\n': "keep_predictions must be true or false",
     }
     for text, problem in cases.items():
         bad = tmp_path / "bad.toml"
@@ -84,6 +85,21 @@ def test_a_recipe_from_a_file_and_its_errors(tiny_checkpoint, small_task, tmp_pa
         line = error_line(invoke("convert", tiny_checkpoint, "--recipe", bad, "--out", tmp_path / "c"), 1)
         assert line.startswith(f"error: {bad}: ") and problem in line, line
     assert not (tmp_path / "c").exists()
+
+
+def test_a_budget_trim_that_keeps_the_fine_tuned_labels(tiny_checkpoint, small_task, tmp_path):
+    recipe = tmp_path / "small-download.toml"
+    recipe.write_text('[[steps]]\nkind = "finetune"\nepochs = 1\n'
+                      '[[steps]]\nkind = "trim-vocab"\nmax_tokens = 150\nkeep_predictions = true\n'
+                      '[convert]\nquantize = "float32"\nseq_len = 16\n')
+    train, dev = small_task
+    out = tmp_path / "b"
+    result = invoke("convert", tiny_checkpoint, "--recipe", recipe, "--task", train, "--dev", dev, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "round 1: " in result.stderr
+    trim = json.loads((out / "manifest.json").read_text())["source"]["history"][-1]
+    assert trim["step"] == "vocab-trim" and trim["vocab_size"] == 150
+    assert trim["kept_predictions"]["labels_changed"] == 0 and trim["corpus"]["texts_retokenized_differently"] > 0
 
 
 def test_recipe_errors_about_names_and_inputs(tiny_checkpoint, tmp_path):

@@ -312,7 +312,7 @@ def cli_trim(tiny_checkpoint, corpus_files, tmp_path_factory):
 
 SUMMARY = (r"(?P<out>\S+)  vocab 1,348 -> (?P<after>[\d,]+) tokens; int8 embedding (?P<before_bytes>[\d,]+) -> "
            r"(?P<after_bytes>[\d,]+) bytes; corpus coverage (?P<coverage>[\d.]+)%; (?P<changed>[\d,]+) of 24 texts "
-           r"re-segmented\n")
+           r"re-segmented(?P<kept>; every label kept)?\n")
 
 
 def test_cli_writes_a_checkpoint_that_converts_with_the_trim_in_its_history(cli_trim, tiny_checkpoint, corpus_files,
@@ -392,6 +392,25 @@ def test_cli_budget_and_character_options(tiny_checkpoint, corpus_files, tmp_pat
     assert source.history[-1]["keep_characters"] == "none"
 
 
+def test_cli_keep_predictions_on_a_classifier(tiny_classifier_checkpoint, corpus_files, tmp_path):
+    import re
+
+    from cli_helpers import invoke
+    from converters.finetune import predict_labels
+    from converters.sources import load_source
+
+    txt, tsv, texts = corpus_files
+    result = invoke("trim-vocab", tiny_classifier_checkpoint, "--corpus", txt, "--corpus", tsv, "--out",
+                    tmp_path / "t", "--max-tokens", 170, "--keep-predictions", "--seq-len", 32)
+    assert result.exit_code == 0, result.output
+    match = re.fullmatch(SUMMARY, result.stdout)
+    assert match and match["after"] == "170" and int(match["changed"]) > 0 and match["kept"]
+    assert re.search(r"^round 1: [\d,]+ texts re-segmented, [\d,]+ changed label$", result.stderr, re.M)
+    source, original = load_source(tmp_path / "t"), load_source(tiny_classifier_checkpoint)
+    assert source.history[-1]["kept_predictions"]["labels_changed"] == 0 and source.num_labels == 3
+    assert (predict_labels(source, texts, 32) == predict_labels(original, texts, 32)).all()
+
+
 def test_cli_errors_are_one_line(tiny_checkpoint, corpus_files, tmp_path):
     from cli_helpers import error_line, invoke
 
@@ -422,6 +441,9 @@ def test_cli_errors_are_one_line(tiny_checkpoint, corpus_files, tmp_path):
         "tokens need 141 rows")
     assert refused(txt, exit_code=2, progress=progress, extra=("--min-count", "0")) == \
         "error: keep_min_count must be a positive integer, got 0"
+    assert refused(txt, exit_code=2, progress=progress, extra=("--keep-predictions",)) == \
+        f"error: {tiny_checkpoint}: has no classifier head: --keep-predictions needs a fine-tuned classifier " \
+        "(edgebert finetune makes one)"
     out.mkdir()
     assert error_line(invoke("trim-vocab", tiny_checkpoint, "--corpus", txt, "--out", out), 1) == \
         f"error: {out}: already exists (pass --force to replace it)"
@@ -591,3 +613,48 @@ def test_bert_tiny_trimmed_to_a_budget_is_2_5x_smaller(bert_tiny_sst2, capsys):
             print(f"  --keep-characters {characters}: {line.split('  ', 1)[1]}")
     assert ratio >= 2.5
     assert corpus_report["unk_tokens_after"] == 0 and corpus_report["coverage"] > 0.98
+
+
+def _parity_of_pieces(source, texts):
+    """A stand-in classifier whose label flips with the parity of a text's piece count: most
+    re-segmentations change it, so a budget trim changes many labels."""
+    counts = {}
+    for index, ids in zip([i for i, t in enumerate(texts) for _ in (t if isinstance(t, tuple) else (t,))],
+                          word_piece_ids(source.vocab, source.lowercase, texts)):
+        counts[index] = counts.get(index, 0) + len(ids)
+    return np.array([counts[i] % 2 for i in range(len(texts))])
+
+
+def test_budget_trim_keeping_predictions_keeps_every_corpus_label(tiny_source, corpus):
+    from converters.vocab_trim import trim_keeping_predictions
+
+    full, _ = trim_vocabulary(tiny_source, corpus, keep_characters="ascii")
+    budget = full.config.vocab_size - 25
+    plain, _ = trim_vocabulary(tiny_source, corpus, keep_characters="ascii", max_tokens=budget)
+    before = _parity_of_pieces(tiny_source, corpus)
+    assert (_parity_of_pieces(plain, corpus) != before).any(), "the plain budget trim should change labels"
+
+    rounds = []
+    kept, report = trim_keeping_predictions(tiny_source, corpus, _parity_of_pieces, max_tokens=budget,
+                                            keep_characters="ascii", log=rounds.append)
+    assert (_parity_of_pieces(kept, corpus) == before).all()
+    assert kept.config.vocab_size == budget
+    summary = report["kept_predictions"]
+    assert summary["rounds"] == len(rounds) >= 2 and summary["labels_changed"] == 0
+    assert summary["tokens_given_back"] > 0 and summary["texts_resegmented"] > 0
+    assert rounds[-1].endswith(" 0 changed label")
+    assert kept.history[-1] == {"step": "vocab-trim", **report}
+
+
+def test_keeping_predictions_fails_clearly_when_the_budget_cannot(tiny_source, corpus):
+    from converters.vocab_trim import trim_keeping_predictions
+
+    full, _ = trim_vocabulary(tiny_source, corpus, keep_characters="ascii")
+    # The specials and the ASCII characters, the rows every budget must hold, and room for 5 more.
+    required = trim_vocabulary(tiny_source, ["x"], keep_characters="ascii")[0].config.vocab_size
+    with pytest.raises(UsageError, match="cannot keep every corpus prediction: the [0-9]+ pieces"):
+        trim_keeping_predictions(tiny_source, corpus, _parity_of_pieces, keep_characters="ascii",
+                                 max_tokens=required + 5)
+    with pytest.raises(UsageError, match="still changed labels after 1 rounds"):
+        trim_keeping_predictions(tiny_source, corpus, _parity_of_pieces, keep_characters="ascii",
+                                 max_tokens=full.config.vocab_size - 25, max_rounds=1)
