@@ -22,16 +22,20 @@ def test_compression_benchmark_smoke(tmp_path):
     assert results["schema"] == "edgebert.compression/1"
     (variant,) = results["variants"]
     rows = {(r["model"], r["mode"]): r for r in variant["rows"]}
-    assert len(rows) == 8 and variant["random_weights"] is True
+    assert len(rows) == 9 and variant["random_weights"] is True
     for row in rows.values():
         assert 0 <= row["accuracy"] <= 1 and row["p50_ms"] > 0 and 0 < row["zipped_bytes"]
         assert row["model_bytes"] < row["bundle_bytes"]
     assert abs(rows[("unstructured-80", "dynamic-int8")]["sparsity"] - 0.8) < 0.01
     assert rows[("structured-50", "dynamic-int8")]["layer_heads"] == [2, 2]
-    assert rows[("vocab-trimmed", "dynamic-int8")]["vocab_size"] == 150
+    for name, corpus in (("vocab-trimmed", ["train.tsv", "dev.tsv"]), ("vocab-trimmed-heldout", ["train.tsv"])):
+        trim = rows[(name, "dynamic-int8")]["trim"]
+        assert rows[(name, "dynamic-int8")]["vocab_size"] == 150 and trim["corpus_files"] == corpus
+        assert trim["kept_predictions"]["labels_changed"] == 0
     assert rows[("structured-50", "dynamic-int8")]["steps"] == ["finetune", "structured-pruning", "finetune"]
     assert [t["target"] for t in variant["targets"]][0] == "dynamic int8 within 0.5 points of float32"
-    assert "| structured-50 | dynamic-int8 |" in (out / "compression.md").read_text()
+    report = (out / "compression.md").read_text()
+    assert "| structured-50 | dynamic-int8 |" in report and "- vocab-trimmed: " in report
     # A rerun resumes: every step and bundle is reused.
     assert main([str(a) for a in args]) == 0
 

@@ -13,7 +13,10 @@ since pretrained weights cannot be downloaded everywhere; `--pretrained` fetches
   2:4             the same with the 2:4 pattern
   structured-50   base with half the heads and FFN neurons removed by importance, then fine-tuned to
                   recover, distilling from base
-  vocab-trimmed   base with the vocabulary trimmed to the training text within a row budget
+  vocab-trimmed   base with the vocabulary trimmed within a row budget to the task's text (train and dev
+                  sentences, unlabelled), giving back the pieces whose loss changes a float label
+  vocab-trimmed-heldout
+                  the same trim from the training sentences alone: dev is text it never saw
 
 and exports: base as float32, dynamic int8 and full int8; every other as dynamic int8. Every bundle's
 accuracy is measured by running its model.tflite on dev.tsv (`convert --eval`), and its predictions are

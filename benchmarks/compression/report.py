@@ -18,9 +18,9 @@ def format_markdown(results: dict) -> str:
                   f"{settings['recover_epochs']} for each model made from it; batch {settings['batch_size']}, "
                   f"learning rate {settings['learning_rate']:g}. Bundles at seq {settings['seq_len']}; "
                   f"{settings['rounds']} rounds of {settings['runs']} runs.", "",
-                  "| model | export | dev accuracy | Δ vs float (pt) | agree w/ float | model | bundle | zipped "
-                  "| p50 ms | speed-up | sparsity | vocab |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| model | export | dev accuracy | Δ vs float (pt) | agree w/ float | agree w/ dyn-int8 | model "
+                  "| bundle | zipped | p50 ms | speed-up | sparsity | vocab |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = variant["rows"]
         flt = rows[0]
         dyn = next(r for r in rows if r["model"] == "base" and r["mode"] == "dynamic-int8")
@@ -29,11 +29,21 @@ def format_markdown(results: dict) -> str:
             sparsity = f"{row['sparsity']:.0%}" if "sparsity" in row else ""
             lines.append(
                 f"| {row['model']} | {row['mode']} | {row['accuracy']:.2%} | {delta:+.2f} | "
-                f"{row['agreement_with_float32']:.1%} | {_kb(row['model_bytes'])} | {_kb(row['bundle_bytes'])} | "
+                f"{row['agreement_with_float32']:.1%} | {row['agreement_with_base_dynamic_int8']:.1%} | "
+                f"{_kb(row['model_bytes'])} | {_kb(row['bundle_bytes'])} | "
                 f"{_kb(row['zipped_bytes'])} | {row['p50_ms']:.2f} | {dyn['p50_ms'] / row['p50_ms']:.2f}× | "
                 f"{sparsity} | {row['vocab_size']:,} |")
         for row in variant.get("failed", []):
-            lines.append(f"| {row['model']} | {row['mode']} | failed: {row['error']} ||||||||||")
+            lines.append(f"| {row['model']} | {row['mode']} | failed: {row['error']} |||||||||||")
+        trims = [row for row in rows if row.get("trim")]
+        if trims:
+            lines.append("")
+        for row in trims:
+            trim, kept = row["trim"], row["trim"].get("kept_predictions") or {}
+            given_back = (f"; {kept['tokens_given_back']:,} pieces given back over {kept['rounds']} rounds so that "
+                          f"no corpus text's float label changed" if kept else "")
+            lines.append(f"- {row['model']}: {trim['original_vocab_size']:,} → {trim['vocab_size']:,} tokens, "
+                         f"trimmed to {' + '.join(trim.get('corpus_files', []))} (unlabelled){given_back}.")
         lines += ["", "| target | measured | met |", "|---|---:|---|"]
         for target in variant["targets"]:
             value = target["value"]

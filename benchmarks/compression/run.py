@@ -1,6 +1,7 @@
 """The compression benchmark's cells (see the package docstring)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -39,12 +40,16 @@ PRUNED = {
     "unstructured-80": [{"kind": "finetune", "prune": 0.8, "prune_end": 0.6}],
     "2:4": [{"kind": "finetune", "prune_pattern": "2:4", "prune_end": 0.6}],
     "structured-50": [{"kind": "prune", "heads": 0.5, "ffn": 0.5}, {"kind": "finetune"}],
-    "vocab-trimmed": [{"kind": "trim-vocab", "keep_characters": "ascii"}],
+    "vocab-trimmed": [{"kind": "trim-vocab", "keep_characters": "ascii", "keep_predictions": True}],
+    "vocab-trimmed-heldout": [{"kind": "trim-vocab", "keep_characters": "ascii", "keep_predictions": True}],
 }
+# The text each trim keeps pieces (and labels) for: the task's sentences, unlabelled. The held-out trim
+# never sees dev, so its dev agreement shows what text outside the corpus can expect.
+TRIM_CORPUS = {"vocab-trimmed": ("train.tsv", "dev.tsv"), "vocab-trimmed-heldout": ("train.tsv",)}
 # (model, export mode) rows of the table, in order.
 ROWS = [("base", "float32"), ("base", "dynamic-int8"), ("base", "int8"), ("unstructured-50", "dynamic-int8"),
         ("unstructured-80", "dynamic-int8"), ("2:4", "dynamic-int8"), ("structured-50", "dynamic-int8"),
-        ("vocab-trimmed", "dynamic-int8")]
+        ("vocab-trimmed", "dynamic-int8"), ("vocab-trimmed-heldout", "dynamic-int8")]
 
 
 def _recipe(name: str, steps: list[dict]):
@@ -113,8 +118,10 @@ def build_checkpoints(variant: Shape, settings: Settings, work: Path, log, progr
         overrides = {"finetune": {**_train_options(settings, settings.recover_epochs),
                                   **({"teacher": Path(base)} if name == "structured-50" else {})},
                      "trim-vocab": {"max_tokens": settings.trim_max_tokens}}
-        made[name] = Path(run_steps(_recipe(name, steps), base, work / name.replace(":", "of"), inputs, log=log,
-                                    progress=progress, step_overrides=overrides))
+        corpus = tuple(settings.data / file for file in TRIM_CORPUS.get(name, ()))
+        made[name] = Path(run_steps(_recipe(name, steps), base, work / name.replace(":", "of"),
+                                    dataclasses.replace(inputs, corpus=corpus), log=log, progress=progress,
+                                    step_overrides=overrides))
     return made
 
 
@@ -237,6 +244,8 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
         if trim:
             row["trim"] = {k: trim[k] for k in ("original_vocab_size", "vocab_size", "max_tokens")}
             row["trim"]["corpus_coverage"] = trim["corpus"]["coverage"]
+            row["trim"]["corpus_files"] = list(TRIM_CORPUS.get(model, ("train.tsv",)))
+            row["trim"]["kept_predictions"] = trim.get("kept_predictions")
         rows.append(row)
     base_record = manifests[float_key]["source"]["history"][-1]
     return {"variant": variant.name, "rows": rows, "failed": failed, "targets": check_targets(rows),
