@@ -1,8 +1,10 @@
 """`python -m benchmarks.peer` runs end to end on a tiny non-grid BERT (hidden 32, 4 heads of 8) and writes a
 well-formed peer.json / peer.md: every engine present, finite figures, ONNX Runtime's int8 export agreeing
-with the float Keras model. No timing is asserted (benchmarks are not tests).
+with the float Keras model, the weight-cache engine loading a warm cache that lives under OUT/work. No
+timing is asserted (benchmarks are not tests).
 
 Needs the [bench] extra (onnxruntime, onnx, torch, transformers<5) on top of [convert]; skipped without it.
+The skip of the weight-cache engine on a runtime without one is checked without the extra.
 """
 from __future__ import annotations
 
@@ -86,6 +88,47 @@ def test_peer_json_is_well_formed(peer_run):
     assert rows["edgebert-dynamic-int8"]["facts"]["xnnpack_partitions"] >= 1
 
 
+def test_cached_engine_maps_a_warm_weight_cache(peer_run):
+    from benchmarks.peer import EDGEBERT_INT8, EDGEBERT_INT8_CACHED
+
+    out, _ = peer_run
+    [variant] = json.loads((out / "peer.json").read_text())["variants"]
+    rows = {row["engine"]: row for row in variant["rows"]}
+    cached, plain = rows[EDGEBERT_INT8_CACHED], rows[EDGEBERT_INT8]
+    cache = cached["weight_cache"]
+    assert cache["warm"] is True  # built by the throwaway worker, only mapped by the measured one
+    path = Path(cache["file"])
+    assert path.is_file() and path.stat().st_size == cache["bytes"] > 0
+    assert path.is_relative_to(out / "work")
+    assert _finite(cache["cold_load"]["load_to_first_output_ms"])
+    assert _finite(cached["load_to_first_output_ms"]) and _finite(plain["load_to_first_output_ms"])
+    assert cached["model_bytes"] == plain["model_bytes"]
+    assert _finite(cached["growth_over_model_bytes"]) and _finite(cached["resident_growth_over_model_bytes"])
+    assert cache["max_abs_diff_vs_uncached"] <= 1e-4  # same kernels on the same packed weights
+    assert cached["agreement"]["pooled_min_cosine"] > 0.9
+    if Path("/proc/self/smaps_rollup").exists():  # what the resident memory is made of (Linux)
+        for row in (cached, plain):
+            breakdown = row["memory"]["breakdown_at_end"]
+            assert breakdown["RssAnon"] > 0 and breakdown["RssFile"] > 0 and breakdown["FilePmdMapped"] >= 0
+
+
+def test_cached_engine_is_skipped_without_weight_cache(monkeypatch):
+    from benchmarks.peer import EDGEBERT_INT8, EDGEBERT_INT8_CACHED
+    from benchmarks.peer.report import format_markdown
+    from benchmarks.peer.runner import skip_reason
+    from edgebert import interpreter
+
+    old = interpreter.Runtime("tflite-runtime", "2.14.0", None)
+    monkeypatch.setattr(interpreter, "find_runtime", lambda preference="auto": old)
+    assert skip_reason(EDGEBERT_INT8) is None
+    reason = skip_reason(EDGEBERT_INT8_CACHED)
+    assert "tflite-runtime 2.14.0" in reason and "weight cache" in reason
+    config = {"num_layers": 2, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64}
+    results = {"settings": {"threads": [1]}, "variants": [{"variant": "custom", "config": config, "rows": [
+        {"engine": EDGEBERT_INT8_CACHED, "threads": 1, "skipped": reason}]}]}
+    assert f"| {EDGEBERT_INT8_CACHED} | 1 | skipped: {reason} |" in format_markdown(results)
+
+
 def test_onnx_fusions_and_roofline_are_reported(peer_run):
     out, _ = peer_run
     results = json.loads((out / "peer.json").read_text())
@@ -101,7 +144,7 @@ def test_onnx_fusions_and_roofline_are_reported(peer_run):
 
 
 def test_peer_markdown_and_printed_table(peer_run):
-    from benchmarks.peer import ENGINES
+    from benchmarks.peer import EDGEBERT_INT8_CACHED, ENGINES
 
     out, done = peer_run
     markdown = (out / "peer.md").read_text()
@@ -109,3 +152,5 @@ def test_peer_markdown_and_printed_table(peer_run):
         assert f"| {engine} | 1 |" in markdown
         assert f"| {engine} | 1 |" in done.stdout
     assert "Roofline" in markdown and "Against the issue's targets" in markdown
+    assert "with weight cache: peak growth / model bytes" in markdown
+    assert f"{EDGEBERT_INT8_CACHED} t1: weight cache " in markdown and ", warm; load + first call" in markdown

@@ -3,6 +3,8 @@ with a roofline, measured side by side in one run.
 
     python -m benchmarks.peer --variants tiny,mini,small,medium --threads 1,2 --runs 30 --out DIR
 
+`--engines NAME,...` measures some of the engines below (default: all).
+
 Needs the converter and the bench extras: `pip install -e '.[convert,bench]'` (onnxruntime, onnx, torch
 and transformers<5 for the ONNX export; torch: `pip install torch==2.13.0` or the CPU wheel index, since a
 bare `torch` requirement can pull the CUDA build).
@@ -21,6 +23,13 @@ vocab) feed every engine:
   ort-dynamic-int8      that optimized graph through onnxruntime.quantization.quantize_dynamic (QInt8)
   edgebert-float32      converters.pipeline.convert bundles, run through edgebert's TFLiteModel
   edgebert-dynamic-int8 (the path `edgebert bench` times), LiteRT + XNNPACK
+  edgebert-dynamic-int8-cached
+                        the same model.tflite through TFLiteModel(weight_cache=FILE): LiteRT's CompiledModel
+                        with XNNPACK's weight cache (the packed weights written to FILE once, memory-mapped
+                        after; `edgebert bench --weight-cache`). FILE is OUT/work/<variant>/weight-cache/
+                        <model sha>.xnnpack-cache; a throwaway worker builds it first, so the measured worker
+                        loads a warm cache, the deployed state. Skipped, with the reason, where the runtime
+                        has no weight cache (tflite-runtime, older ai-edge-litert)
 
 Each (engine, threads) runs in its own persistent worker process (benchmarks.peer.worker) that holds only
 that engine: its memory figures are its own (baseline RSS after importing the runtime, peak-RSS mark reset
@@ -44,6 +53,7 @@ ORT_FLOAT = "ort-float"
 ORT_INT8 = "ort-dynamic-int8"
 EDGEBERT_FLOAT32 = "edgebert-float32"
 EDGEBERT_INT8 = "edgebert-dynamic-int8"
-ENGINES = (TF_FLOAT, ORT_FLOAT, ORT_INT8, EDGEBERT_FLOAT32, EDGEBERT_INT8)
+EDGEBERT_INT8_CACHED = "edgebert-dynamic-int8-cached"
+ENGINES = (TF_FLOAT, ORT_FLOAT, ORT_INT8, EDGEBERT_FLOAT32, EDGEBERT_INT8, EDGEBERT_INT8_CACHED)
 REFERENCE_ENGINE = TF_FLOAT
 RATIO_BASE_ENGINE = EDGEBERT_INT8

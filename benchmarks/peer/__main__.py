@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.peer import ENGINES
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -15,6 +17,15 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in ENGINES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown engine(s) {', '.join(unknown) or text!r} "
+                                         f"(choose from {', '.join(ENGINES)})")
+    return tuple(name for name in ENGINES if name in names)  # table order, whatever order they came in
 
 
 def _custom_config(text: str):
@@ -33,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default="tiny,mini",
                         help="comma-separated BERT Miniatures (tiny, mini, small, medium, L-6_H-256, ...)")
     parser.add_argument("--threads", type=_ints, default=[1], help="comma-separated thread counts (default 1)")
+    parser.add_argument("--engines", type=_engines, default=ENGINES,
+                        help=f"comma-separated engines to measure (default: all, {','.join(ENGINES)})")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per engine and thread count (default 30)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternation rounds the runs are split over (default 5)")
@@ -74,12 +87,14 @@ def main(argv=None) -> int:
     settings = Settings(variants=variants, threads=args.threads, runs=args.runs, rounds=args.rounds,
                         warmup=args.warmup, seq_len=args.seq_len, seed=args.seed, agree_examples=args.agree_examples,
                         roofline_shapes=shapes, roofline_runs=args.roofline_runs, reuse=args.reuse,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, engines=args.engines)
     results = run_peer(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_markdown(results))
-    failed = [row for variant in results["variants"] for row in variant["rows"] if "error" in row]
+    rows = [row for variant in results["variants"] for row in variant["rows"]]
+    failed, skipped = [row for row in rows if "error" in row], [row for row in rows if "skipped" in row]
     print(f"\nwrote {args.out / 'peer.json'} and {args.out / 'peer.md'} in {results['seconds']:.0f} s"
-          + (f"; {len(failed)} cell(s) FAILED" if failed else ""), file=sys.stderr)
+          + (f"; {len(failed)} cell(s) FAILED" if failed else "")
+          + (f"; {len(skipped)} cell(s) skipped" if skipped else ""), file=sys.stderr)
     return 1 if failed else 0
 
 

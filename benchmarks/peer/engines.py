@@ -7,13 +7,19 @@ What one call covers, per engine (timed by the worker around `__call__`):
   `.numpy()` on both outputs;
 - ort-*: `InferenceSession.run` on int64 inputs (converted once, ahead of time: a user's tokenizer
   would hand int64 straight to ORT), outputs are numpy already;
-- edgebert-*: `edgebert.interpreter.TFLiteModel.__call__`, the path `edgebert bench` times.
+- edgebert-*: `edgebert.interpreter.TFLiteModel.__call__`, the path `edgebert bench` times;
+- edgebert-dynamic-int8-cached: the same call on a TFLiteModel opened with weight_cache=FILE, which runs
+  LiteRT's CompiledModel (inputs written into its buffers, `run_by_name`, outputs read back) with
+  XNNPACK's packed weights memory-mapped from FILE (the worker reports FILE, its bytes and whether the
+  load found it warm).
 
 Threads: TF intra-op = t, inter-op = 1 (set right after TensorFlow is imported, before it initializes);
 ORT SessionOptions.intra_op_num_threads = t, inter_op_num_threads = 1, sequential execution; LiteRT
-num_threads = t (XNNPACK).
+num_threads = t (XNNPACK; CpuOptions.num_threads for the CompiledModel).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -154,6 +160,43 @@ class TFLiteEngine(Engine):
         return {"xnnpack_partitions": len(partitions), "partition_ops": partitions, "ops_outside_xnnpack": outside}
 
 
+class CachedTFLiteEngine(TFLiteEngine):
+    """The same model.tflite through TFLiteModel(weight_cache=FILE): CompiledModel + XNNPACK's weight cache."""
+    call_path = ("edgebert.interpreter.TFLiteModel.__call__ with weight_cache=FILE (LiteRT CompiledModel.run_by_name, "
+                 "XNNPACK's packed weights memory-mapped from FILE)")
+
+    def import_runtime(self):
+        from edgebert.interpreter import weight_cache_supported
+        super().import_runtime()
+        if weight_cache_supported(self.found):  # otherwise load() says why, in edgebert's words
+            # CompiledModel's bindings are a native library of their own (~2 MB RSS): imported before the
+            # memory baseline, like the interpreter, so that the growth figure is the model's alone.
+            import ai_edge_litert.compiled_model  # noqa: F401
+
+    def load(self):
+        from edgebert.interpreter import TFLiteModel
+        self.cache = Path(self.spec["weight_cache"])
+        self.cache_before = _file_state(self.cache)
+        self.model = TFLiteModel(self.spec["model"], num_threads=self.threads, runtime=self.found.name,
+                                 weight_cache=self.cache)
+
+    def facts(self):
+        """Warm: the file was there before the load and is untouched after every call (XNNPACK rewrites a
+        cache it cannot use, so a file that merely existed does not prove the load mapped it)."""
+        after = _file_state(self.cache)
+        return {"weight_cache": {"file": str(self.cache), "bytes": after[0] if after else None,
+                                 "warm": self.cache_before is not None and self.cache_before == after}}
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """(bytes, mtime in ns), or None when there is no such file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def delegate_coverage(ops: list[dict]) -> tuple[list[dict], dict]:
     """After delegation the node list holds the original nodes plus one DELEGATE node per partition. A
     partition covers the original nodes between its inputs and outputs: walk back from its outputs through
@@ -179,6 +222,7 @@ def delegate_coverage(ops: list[dict]) -> tuple[list[dict], dict]:
 
 def make_engine(spec: dict) -> Engine:
     kind = spec["kind"]
-    engine = {"tf": TFKerasEngine, "ort": OrtEngine, "tflite": TFLiteEngine}[kind](spec)
+    engine = {"tf": TFKerasEngine, "ort": OrtEngine, "tflite": TFLiteEngine,
+              "tflite-cached": CachedTFLiteEngine}[kind](spec)
     engine.name = spec["engine"]
     return engine

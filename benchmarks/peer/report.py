@@ -3,11 +3,13 @@
 The JSON holds everything: {"schema", "created", "device", "versions", "settings", "engines" (runtime
 and exactly what one timed call covers, per engine), "variants": [{"variant", "config", "macs",
 "artifacts" (incl. the ONNX fusion counts), "bundle_ops", "rows": [one per engine x threads: latency_ms
-{p50, p90, p99, mean, min, max, runs}, round_p50_ms, load_ms, first_inference_ms, memory {baseline_rss_mb,
-peak_rss_mb, growth_mb, end_rss_mb, resident_growth_mb, runtime_import_mb, method}, model_bytes,
-growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff, sequence_min_cosine, ...},
-p50_over_edgebert_int8, achieved_gmacs, roofline_fraction_int8, ...; or {"engine", "threads", "error"}]}],
-"roofline": {"layers", "best", "method"}, "seconds"}.
+{p50, p90, p99, mean, min, max, runs}, round_p50_ms, load_ms, first_inference_ms, load_to_first_output_ms,
+memory {baseline_rss_mb, peak_rss_mb, growth_mb, end_rss_mb, resident_growth_mb, runtime_import_mb,
+method, breakdown_at_end {RssAnon, RssFile, AnonHugePages, FilePmdMapped} (MB, Linux)}, model_bytes, growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff,
+sequence_min_cosine, ...}, p50_over_edgebert_int8, achieved_gmacs, roofline_fraction_int8, ...; the cached
+engine adds weight_cache {file, bytes, warm, cold_load (the cache-building load's times, None when the file
+was already there), max_abs_diff_vs_uncached}; or {"engine", "threads", "error"}, or {"engine", "threads",
+"skipped": why the installed runtime cannot run it}]}], "roofline": {"layers", "best", "method"}, "seconds"}.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmarks.peer import EDGEBERT_INT8, ORT_INT8, TF_FLOAT
+from benchmarks.peer import EDGEBERT_INT8, EDGEBERT_INT8_CACHED, ORT_INT8, TF_FLOAT
 
 TARGETS = {"tf_float_ratio": 5.0, "ort_int8_ratio": 2.0, "medium_roofline": 0.60, "growth_over_model": 1.25}
 
@@ -59,8 +61,9 @@ def format_markdown(results: dict) -> str:
                   "GMAC/s", "of int8 roofline"]
         rows = []
         for row in variant["rows"]:
-            if "error" in row:
-                rows.append([row["engine"], str(row["threads"]), f"FAILED: {row['error'][:150]}"] + [""] * 11)
+            if "error" in row or "skipped" in row:
+                why = f"FAILED: {row['error'][:150]}" if "error" in row else f"skipped: {row['skipped']}"
+                rows.append([row["engine"], str(row["threads"]), why] + [""] * 11)
                 continue
             agree, memory = row.get("agreement") or {}, row.get("memory") or {}
             is_reference = agree.get("reference") == f"{row['engine']} t{row['threads']}"
@@ -79,6 +82,7 @@ def format_markdown(results: dict) -> str:
         for threads in settings.get("threads", []):
             cells = {r["engine"]: r for r in variant["rows"] if r["threads"] == threads and "latency_ms" in r}
             base, tf_row, ort_row = cells.get(EDGEBERT_INT8), cells.get(TF_FLOAT), cells.get(ORT_INT8)
+            cached = cells.get(EDGEBERT_INT8_CACHED) or {}
             if base:
                 summary.append([variant["variant"], str(threads),
                                 _fmt(tf_row.get("p50_over_edgebert_int8") if tf_row else None, ".2f", "x"),
@@ -86,7 +90,9 @@ def format_markdown(results: dict) -> str:
                                 _fmt(100 * base["roofline_fraction_int8"] if base.get("roofline_fraction_int8")
                                      is not None else None, ".1f", " %"),
                                 _fmt(base.get("growth_over_model_bytes"), ".2f", "x"),
-                                _fmt(base.get("resident_growth_over_model_bytes"), ".2f", "x")])
+                                _fmt(base.get("resident_growth_over_model_bytes"), ".2f", "x"),
+                                _fmt(cached.get("growth_over_model_bytes"), ".2f", "x"),
+                                _fmt(cached.get("resident_growth_over_model_bytes"), ".2f", "x")])
         onnx = (variant.get("artifacts") or {}).get("onnx")
         if onnx:
             fusions = ", ".join(f"{k} {v}" for k, v in onnx["fusions"].items())
@@ -102,6 +108,8 @@ def format_markdown(results: dict) -> str:
                 sizes = ", ".join(str(sum(p.values())) for p in facts.get("partition_ops", []))
                 lines.append(f"{row['engine']} t{row['threads']}: {facts['xnnpack_partitions']} XNNPACK partition(s) "
                              f"of {sizes} ops; ops outside XNNPACK: {outside}.")
+            if "weight_cache" in row:
+                lines.append(_weight_cache_line(row, variant["rows"]))
         lines.append("")
 
     if summary:
@@ -111,7 +119,8 @@ def format_markdown(results: dict) -> str:
                          f"ORT int8 / edgebert (target >= {TARGETS['ort_int8_ratio']:g}x)",
                          f"of int8 roofline (Medium target >= {100 * TARGETS['medium_roofline']:g} %)",
                          f"peak growth / model bytes (target <= {TARGETS['growth_over_model']:g}x)",
-                         "resident growth / model bytes"], summary)
+                         "resident growth / model bytes", "with weight cache: peak growth / model bytes",
+                         "with weight cache: resident growth / model bytes"], summary)
         lines.append("")
 
     roof = results.get("roofline")
@@ -144,6 +153,22 @@ def format_markdown(results: dict) -> str:
             lines += _table(["variant", "engine", "thr", "MMAC", "p50 ms", "dense layers alone ms", "dense share",
                              "rest ms", "dense with fused QKV ms"], rows) + [""]
     return "\n".join(lines)
+
+
+def _weight_cache_line(row: dict, rows: list[dict]) -> str:
+    """The cache file, whether the measured load found it warm, and load + first call: warm, cold (the load
+    that built the cache) and the uncached engine's, since skipping the packing should also cut load time."""
+    cache, threads = row["weight_cache"], row["threads"]
+    uncached = next((r for r in rows if r["engine"] == EDGEBERT_INT8 and r["threads"] == threads
+                     and "load_to_first_output_ms" in r), {})
+    cold = cache.get("cold_load") or {}
+    return (f"{row['engine']} t{threads}: weight cache {cache['file']} "
+            f"({_fmt(cache['bytes'] / 1e6 if cache.get('bytes') else None, '.2f')} MB), "
+            f"{'warm' if cache['warm'] else 'COLD (this load wrote it)'}; load + first call "
+            f"{_fmt(row['load_to_first_output_ms'], '.1f')} ms (cold, building the cache: "
+            f"{_fmt(cold.get('load_to_first_output_ms'), '.1f')} ms; {EDGEBERT_INT8}: "
+            f"{_fmt(uncached.get('load_to_first_output_ms'), '.1f')} ms); outputs vs {EDGEBERT_INT8}: "
+            f"max |diff| {_fmt(cache.get('max_abs_diff_vs_uncached'), '.2e')}.")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -7,7 +7,10 @@ See the package docstring for what is measured. Per variant:
 3. the ONNX float and dynamic-int8 models (benchmarks.peer.onnx_export, in its own process);
 4. the inputs: samples/sentences.txt tokenized with the bundle's tokenizer.json at seq S, saved once;
 5. one worker per (engine, threads), started one after another, each answering "ready" after its load,
-   first call and warm-up;
+   first call and warm-up. An engine the installed runtime cannot run (the weight cache without
+   ai-edge-litert's CompiledModel) is skipped, with the reason, instead. Before the first cached-engine
+   worker, a throwaway worker of the same spec builds the weight cache (its cold load is recorded), so
+   every measured worker maps a warm cache, as a deployed app does from its second start on;
 6. `rounds` rounds: each round every worker makes one untimed call then runs/rounds timed calls, the
    engine order rotated by one each round, with a short pause between engines so that one runtime's
    spinning threads never overlap the next one's timed calls;
@@ -36,6 +39,7 @@ import numpy as np
 from benchmarks.peer import (
     EDGEBERT_FLOAT32,
     EDGEBERT_INT8,
+    EDGEBERT_INT8_CACHED,
     ENGINES,
     ORT_FLOAT,
     ORT_INT8,
@@ -48,6 +52,8 @@ from benchmarks.peer import (
 
 REPO = Path(__file__).resolve().parents[2]
 SWITCH_PAUSE_S = 0.2
+# The engines that run an edgebert bundle, and the bundle each runs.
+BUNDLE_OF = {EDGEBERT_FLOAT32: EDGEBERT_FLOAT32, EDGEBERT_INT8: EDGEBERT_INT8, EDGEBERT_INT8_CACHED: EDGEBERT_INT8}
 
 
 @dataclass
@@ -170,6 +176,8 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
     from converters.vocab import synthetic_vocab
     from edgebert import samples
     from edgebert import tokenizer as tokenization
+    from edgebert.bench import weight_cache_file
+    from edgebert.bundle import read_bundle
     from edgebert.quiet import native_output_silenced
 
     config = variant_config(variant)
@@ -214,6 +222,9 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
             artifacts["onnx"] = json.loads(onnx_info.read_text())
 
     bundle_dir = Path(artifacts["bundles"][EDGEBERT_INT8])
+    # Named by the model's sha, as `edgebert bench --weight-cache` names it: a reused work dir never maps
+    # packed weights of an older conversion.
+    artifacts["weight_cache"] = str(weight_cache_file(root / "weight-cache", read_bundle(bundle_dir)))
     tokenizer = tokenization.load_tokenizer(bundle_dir / "tokenizer.json")
     sentences = samples.load_sentences()
     encoded = tokenization.encode(tokenizer, sentences, settings.seq_len)
@@ -228,8 +239,8 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
 
 
 def model_bytes(engine: str, artifacts: dict, ready_facts: dict) -> int | None:
-    if engine in (EDGEBERT_FLOAT32, EDGEBERT_INT8):
-        return (Path(artifacts["bundles"][engine]) / "model.tflite").stat().st_size
+    if engine in BUNDLE_OF:
+        return (Path(artifacts["bundles"][BUNDLE_OF[engine]]) / "model.tflite").stat().st_size
     if engine in (ORT_FLOAT, ORT_INT8) and "onnx" in artifacts:
         return artifacts["onnx"]["bytes"]["float" if engine == ORT_FLOAT else "int8"]
     if engine == TF_FLOAT:
@@ -247,8 +258,44 @@ def worker_spec(engine: str, threads: int, artifacts: dict, settings: Settings) 
             raise WorkerError(artifacts.get("onnx_error", "no ONNX model"))
         spec.update(kind="ort", model=artifacts["onnx"]["files"]["float" if engine == ORT_FLOAT else "int8"])
     else:
-        spec.update(kind="tflite", model=str(Path(artifacts["bundles"][engine]) / "model.tflite"))
+        spec.update(kind="tflite", model=str(Path(artifacts["bundles"][BUNDLE_OF[engine]]) / "model.tflite"))
+        if engine == EDGEBERT_INT8_CACHED:
+            spec.update(kind="tflite-cached", weight_cache=artifacts["weight_cache"])
     return spec
+
+
+def skip_reason(engine: str) -> str | None:
+    """Why the installed runtime cannot run this engine, or None. Asked in this process, which is the
+    workers' Python, so that a missing feature is a recorded skip rather than a failed worker."""
+    if engine != EDGEBERT_INT8_CACHED:
+        return None
+    from edgebert.errors import RuntimeNotAvailableError
+    from edgebert.interpreter import find_runtime, weight_cache_supported
+    try:
+        runtime = find_runtime("auto")
+    except RuntimeNotAvailableError:
+        return None  # its worker fails as the other edgebert engines' do, with the same message
+    if weight_cache_supported(runtime):
+        return None
+    return (f"{runtime.describe()} has no XNNPACK weight cache "
+            "(needs ai-edge-litert with CompiledModel's CpuOptions.xnnpack_weight_cache_path)")
+
+
+def build_weight_cache(spec: dict, log_path: Path, timeout_s: float) -> dict | None:
+    """Write the spec's weight cache with one throwaway load and first call in a worker of its own, so
+    that the measured workers load it warm. Returns that cold load's times, or None when the cache file
+    was already there (a --reuse run)."""
+    if Path(spec["weight_cache"]).is_file():
+        return None
+    worker = Worker.start({**spec, "warmup": 0}, log_path, timeout_s)
+    try:
+        ready = worker.receive()
+        worker.ask({"cmd": "finish"})
+        worker.close()
+    finally:
+        worker.kill()
+    return {"load_ms": ready["load_ms"], "first_inference_ms": ready["first_inference_ms"],
+            "load_to_first_output_ms": round(ready["load_ms"] + ready["first_inference_ms"], 3)}
 
 
 # --- statistics -----------------------------------------------------------------------------------------
@@ -277,6 +324,13 @@ def agreement(reference: dict, outputs: dict, mask: np.ndarray) -> dict:
             "examples": len(pooled)}
 
 
+def max_abs_diff(outputs: dict | None, other: dict | None) -> float | None:
+    """Largest |difference| over both outputs (the cached engine against the uncached one), or None."""
+    if outputs is None or other is None:
+        return None
+    return float(max(np.abs(outputs[name] - other[name]).max() for name in ("pooled_output", "sequence_output")))
+
+
 # --- one variant ----------------------------------------------------------------------------------------
 
 def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, log: Callable[[str], None]) -> dict:
@@ -287,11 +341,19 @@ def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, lo
     cells: dict[tuple[str, int], dict] = {}
     try:
         for engine in settings.engines:
+            skipped = skip_reason(engine)
             for threads in settings.threads:
                 key = (engine, threads)
                 cells[key] = {"engine": engine, "threads": threads, "timings_ms": [], "round_p50_ms": []}
+                if skipped:
+                    cells[key]["skipped"] = skipped
+                    log(f"  {engine} t{threads}: skipped: {skipped}")
+                    continue
                 try:
                     spec = worker_spec(engine, threads, artifacts, settings)
+                    if "weight_cache" in spec:
+                        cells[key]["cold_load"] = build_weight_cache(spec, logs / f"{label}.{engine}.cache-build.log",
+                                                                     settings.timeout_s)
                     worker = Worker.start(spec, logs / f"{label}.{engine}.t{threads}.log", settings.timeout_s)
                     worker.ready = worker.receive()
                     workers.append(worker)
@@ -350,14 +412,26 @@ def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, lo
     rows = []
     for (engine, threads), cell in cells.items():
         row = {"engine": engine, "threads": threads}
+        if "skipped" in cell:
+            rows.append({**row, "skipped": cell["skipped"]})
+            continue
         if "error" in cell or not cell["timings_ms"]:
             row["error"] = cell.get("error", "no timings")
             rows.append(row)
             continue
-        ready, facts = cell["ready"], cell.get("facts", {})
+        ready, facts = cell["ready"], dict(cell.get("facts", {}))
+        # Load + first call: the classic interpreter packs the weights for XNNPACK in its first call,
+        # the CompiledModel at load, so only the sum compares the two edgebert int8 engines.
         row.update(runtime=ready["runtime"], call_path=ready["call_path"], load_ms=ready["load_ms"],
-                   first_inference_ms=ready["first_inference_ms"], latency_ms=latency(cell["timings_ms"]),
-                   round_p50_ms=cell["round_p50_ms"], memory=cell.get("memory"), facts=facts)
+                   first_inference_ms=ready["first_inference_ms"],
+                   load_to_first_output_ms=round(ready["load_ms"] + ready["first_inference_ms"], 3),
+                   latency_ms=latency(cell["timings_ms"]), round_p50_ms=cell["round_p50_ms"],
+                   memory=cell.get("memory"), facts=facts)
+        cache = facts.pop("weight_cache", None)  # a row field of its own, not one of the engine's facts
+        if cache:
+            row["weight_cache"] = {**cache, "cold_load": cell.get("cold_load"),
+                                   "max_abs_diff_vs_uncached": max_abs_diff(outputs.get((engine, threads)),
+                                                                            outputs.get((EDGEBERT_INT8, threads)))}
         row["model_bytes"] = model_bytes(engine, artifacts, facts)
         memory = row["memory"] or {}
         if row["model_bytes"] and memory.get("growth_mb") is not None:
@@ -448,7 +522,7 @@ def add_fractions(variant_result: dict, roof: dict, settings: Settings) -> None:
         best_mode = roof["best"].get(f"{mode}/t{row['threads']}")
         if best_mode:
             row["roofline_fraction_own_mode"] = round(row["achieved_gmacs"] / best_mode["gmacs"], 4)
-        if row["engine"] in (EDGEBERT_INT8, EDGEBERT_FLOAT32):
+        if row["engine"] in BUNDLE_OF:
             t = row["threads"]
             parts = [by_shape.get(((s, h, h), mode, t)), by_shape.get(((s, h, i), mode, t)),
                      by_shape.get(((s, i, h), mode, t)), by_shape.get(((s, h, 3 * h), mode, t))]

@@ -2,9 +2,9 @@
 
     python -m benchmarks.peer.worker        (then one request per line on stdin)
 
-The first line is the spec {"engine", "kind": tf|ort|tflite|roofline, "threads", "model" or
+The first line is the spec {"engine", "kind": tf|ort|tflite|tflite-cached|roofline, "threads", "model" or
 "checkpoint", "seq_len", "inputs" (an .npz of int32 [N, S] input_ids / attention_mask / token_type_ids),
-"warmup"}. The worker imports the runtime, takes the memory baseline (edgebert.bench's helpers: VmRSS,
+"warmup"; tflite-cached adds "weight_cache", the XNNPACK cache file}. The worker imports the runtime, takes the memory baseline (edgebert.bench's helpers: VmRSS,
 with the VmHWM peak mark reset through /proc/self/clear_refs), loads the model, makes the first call and
 the warm-up calls, and answers {"ready": ...}. Then, per request:
 
@@ -27,6 +27,20 @@ import time
 def _reply(channel, message: dict) -> None:
     channel.write(json.dumps(message) + "\n")
     channel.flush()
+
+
+def _rss_breakdown() -> dict | None:
+    """What the resident memory is, in MB (Linux): anonymous vs file-backed pages, and how much of each
+    sits in transparent huge pages, which fill a whole 2 MB page whatever part of it is used."""
+    import re
+    try:
+        status = open("/proc/self/status").read()
+        rollup = open("/proc/self/smaps_rollup").read()
+    except OSError:
+        return None
+    fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", status + rollup, re.M))
+    return {name: round(int(fields[name]) / 1024, 2)
+            for name in ("RssAnon", "RssFile", "AnonHugePages", "FilePmdMapped") if name in fields}
 
 
 def serve(spec: dict, requests, channel) -> int:
@@ -107,7 +121,8 @@ def serve(spec: dict, requests, channel) -> int:
                 "end_rss_mb": None if end is None else round(end, 2),
                 "resident_growth_mb": diff(end, baseline),
                 "runtime_import_mb": diff(baseline, before_import),
-                "method": memory.method()}, "facts": engine.facts(), "calls": counter})
+                "method": memory.method(), "breakdown_at_end": _rss_breakdown()},
+                "facts": engine.facts(), "calls": counter})
             return 0
         else:
             _reply(channel, {"error": f"unknown command {command!r}"})
