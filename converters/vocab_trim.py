@@ -38,6 +38,10 @@ re-tokenizes the corpus with the trimmed vocab and raises `ValidationError` if a
 With `keep_min_count > 1` or a budget rare pieces go, the texts that used them are re-segmented, and
 the report says how many.
 
+`trim_keeping_predictions(source, corpus, predict, max_tokens=N)` is the budget trim for a classifier
+that must keep its labels on the corpus: it gives back the dropped pieces of every text whose predicted
+label changed and trims again, round by round, until none changes (see its docstring).
+
 `load_corpus(paths)` reads corpus files (GLUE-style TSVs, or `.txt` with one sentence per line);
 `write_trimmed(source, report, out_dir)` writes the trimmed source as a Google checkpoint directory.
 """
@@ -283,7 +287,8 @@ def trim_keeping_predictions(source: Source, corpus_texts: Sequence, predict: Pr
                           if old != [kept_original_ids[i] for i in new]})
         unknown = [i for i in changed if i not in labels_before]
         if unknown:
-            labels_before.update(zip(unknown, np.asarray(predict(source, [corpus_texts[i] for i in unknown])).tolist()))
+            labels = predict(source, [corpus_texts[i] for i in unknown])
+            labels_before.update(zip(unknown, np.asarray(labels).tolist()))
         labels_after = np.asarray(predict(trimmed, [corpus_texts[i] for i in changed])).tolist() if changed else []
         flipped = [i for i, label in zip(changed, labels_after) if label != labels_before[i]]
         log(f"round {round_number}: {len(changed):,} texts re-segmented, {len(flipped):,} changed label")

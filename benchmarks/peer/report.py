@@ -5,8 +5,8 @@ and exactly what one timed call covers, per engine), "variants": [{"variant", "c
 "artifacts" (incl. the ONNX fusion counts), "bundle_ops", "rows": [one per engine x threads: latency_ms
 {p50, p90, p99, mean, min, max, runs}, round_p50_ms, load_ms, first_inference_ms, load_to_first_output_ms,
 memory {baseline_rss_mb, peak_rss_mb, growth_mb, end_rss_mb, resident_growth_mb, runtime_import_mb,
-method, breakdown_at_end {RssAnon, RssFile, AnonHugePages, FilePmdMapped} (MB, Linux)}, model_bytes, growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff,
-sequence_min_cosine, ...}, p50_over_edgebert_int8, achieved_gmacs, roofline_fraction_int8, ...; the cached
+method, breakdown_at_end {RssAnon, RssFile, AnonHugePages, FilePmdMapped} (MB, Linux)}, model_bytes,
+growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff, sequence_min_cosine, ...}, p50_over_edgebert_int8, achieved_gmacs, roofline_fraction_int8, ...; the cached
 engine adds weight_cache {file, bytes, warm, cold_load (the cache-building load's times, None when the file
 was already there), max_abs_diff_vs_uncached}; or {"engine", "threads", "error"}, or {"engine", "threads",
 "skipped": why the installed runtime cannot run it}]}], "roofline": {"layers", "best", "method"}, "seconds"}.

@@ -4,9 +4,10 @@
 
 The first line is the spec {"engine", "kind": tf|ort|tflite|tflite-cached|roofline, "threads", "model" or
 "checkpoint", "seq_len", "inputs" (an .npz of int32 [N, S] input_ids / attention_mask / token_type_ids),
-"warmup"; tflite-cached adds "weight_cache", the XNNPACK cache file}. The worker imports the runtime, takes the memory baseline (edgebert.bench's helpers: VmRSS,
-with the VmHWM peak mark reset through /proc/self/clear_refs), loads the model, makes the first call and
-the warm-up calls, and answers {"ready": ...}. Then, per request:
+"warmup"; tflite-cached adds "weight_cache", the XNNPACK cache file}. The worker imports the runtime,
+takes the memory baseline (edgebert.bench's helpers: VmRSS, with the VmHWM peak mark reset through
+/proc/self/clear_refs), loads the model, makes the first call and the warm-up calls, and answers
+{"ready": ...}. Then, per request:
 
     {"cmd": "run", "n": k, "warm": w}     w untimed calls, then k timed calls -> {"timings_ms": [...]}
     {"cmd": "outputs", "count": c, "path": P}   outputs of the first c inputs, saved to P (.npz)
