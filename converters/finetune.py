@@ -173,17 +173,14 @@ def predict_logits(model, data: EncodedTask, batch_size: int) -> np.ndarray:
     return logits
 
 
-def predict_labels(source: Source, texts: Sequence, seq_len: int = 128, batch_size: int = 256) -> np.ndarray:
+def predict_labels(source: Source, texts: Sequence, seq_len: int = 128, batch_size: int = 256,
+                   model=None) -> np.ndarray:
     """The float classifier's predicted label of each text (str, or (str, str) pairs), tokenized with
-    the source's own vocab at seq_len: what `vocab_trim.trim_keeping_predictions` compares."""
-    from converters.model import build_bert, set_google_weights
+    the source's own vocab at seq_len: what `vocab_trim.trim_keeping_predictions` compares. `model` is
+    the source's Keras classifier when the caller has built it already (`classifier_model`)."""
     from converters.pipeline import bundle_tokenizer
 
-    if not source.num_labels:
-        raise UsageError("has no classifier head: predictions need a fine-tuned classifier "
-                         "(edgebert finetune makes one)", source.path)
-    model = build_bert(source.config, None, source.num_labels)
-    set_google_weights(model, source.config, source.weights, source.num_labels, str(source.path))
+    model = model or classifier_model(source)
     tokenizer = bundle_tokenizer(source, seq_len)
     labels = np.zeros(len(texts), np.int64)
     # The tokenizer takes single sentences or pairs, not a mix: a corpus may hold both.
@@ -195,6 +192,30 @@ def predict_labels(source: Source, texts: Sequence, seq_len: int = 128, batch_si
                                np.zeros(len(rows), np.int32), encoded["attention_mask"].sum(1))
             labels[rows] = predict_logits(model, data, batch_size).argmax(-1)
     return labels
+
+
+def classifier_model(source: Source):
+    """The source's float Keras classifier; a UsageError naming the source when it has no head."""
+    from converters.model import build_bert, set_google_weights
+
+    if not source.num_labels:
+        raise UsageError("has no classifier head: predictions need a fine-tuned classifier "
+                         "(edgebert finetune makes one)", source.path)
+    model = build_bert(source.config, None, source.num_labels)
+    set_google_weights(model, source.config, source.weights, source.num_labels, str(source.path))
+    return model
+
+
+def label_predictor(seq_len: int = 128) -> Callable[[Source, Sequence], np.ndarray]:
+    """predict_labels for `vocab_trim.trim_keeping_predictions`, which asks about the original source
+    every round: its Keras model is built once and kept (by sha256), a trimmed source's each time."""
+    models: dict[str, object] = {}
+
+    def predict(source: Source, texts: Sequence) -> np.ndarray:
+        if not models:
+            models[source.sha256] = classifier_model(source)  # the first call is the original's
+        return predict_labels(source, texts, seq_len, model=models.get(source.sha256))
+    return predict
 
 
 def score(model, data: EncodedTask, task: TaskData, batch_size: int) -> dict[str, float]:

@@ -220,8 +220,7 @@ def run_steps(recipe: Recipe, source_path: str | Path, work_dir: Path, inputs: R
             if options.pop("keep_predictions", False):
                 seq_len = convert_options(recipe, {}).seq_len
                 trimmed, report = vocab_trim.trim_keeping_predictions(
-                    source, texts, lambda model, batch: finetuning.predict_labels(model, batch, seq_len or 128),
-                    log=log, **options)
+                    source, texts, finetuning.label_predictor(seq_len or 128), log=log, **options)
             else:
                 trimmed, report = vocab_trim.trim_vocabulary(source, texts, **options)
             log(f"vocab {report['original_vocab_size']:,} -> {report['vocab_size']:,} tokens")

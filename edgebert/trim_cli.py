@@ -70,14 +70,13 @@ def trim_vocab(source, corpus_files, out_dir, max_tokens, min_count, keep_charac
     _say(f"trimming the vocabulary of {loaded.config.vocab_size:,} tokens")
     options = {"keep_min_count": min_count, "keep_characters": keep_characters, "max_tokens": max_tokens}
     if keep_predictions:
-        from converters.finetune import predict_labels
+        from converters.finetune import label_predictor
         from edgebert.errors import UsageError
 
         if not loaded.num_labels:
             raise UsageError("has no classifier head: --keep-predictions needs a fine-tuned classifier "
                              "(edgebert finetune makes one)", loaded.path)
-        trimmed, report = trim_keeping_predictions(
-            loaded, texts, lambda source, batch: predict_labels(source, batch, seq_len), log=_say, **options)
+        trimmed, report = trim_keeping_predictions(loaded, texts, label_predictor(seq_len), log=_say, **options)
     else:
         trimmed, report = trim_vocabulary(loaded, texts, **options)
     _say(f"writing {out_dir}")
