@@ -37,10 +37,11 @@ import numpy as np
 
 from converters import google_checkpoint, pruning
 from converters.pruning import PruningSpec
-from converters.sources import Source, file_sha256, load_source
-from converters.tasks import TaskData, metrics
+from converters.sources import Source, load_source
 from edgebert import tokenizer as tokenization
+from edgebert.bundle import file_sha256
 from edgebert.errors import OutputError, SourceError, UsageError
+from edgebert.tasks import TaskData, metrics
 
 MINIATURES_BATCH_SIZES = (8, 16, 32, 64, 128)
 MINIATURES_LEARNING_RATES = (3e-4, 1e-4, 5e-5, 3e-5)

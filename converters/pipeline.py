@@ -46,7 +46,7 @@ class ConvertOptions:
     force: bool = False
     recipe_name: str | None = None  # the named recipe (converters/recipes) this export ends
     # A labelled task TSV to score the exported model.tflite on (manifest "evaluation"); its columns are
-    # detected unless given (names or 0-based indices, as converters.tasks.load_task takes them).
+    # detected unless given (names or 0-based indices, as edgebert.tasks.load_task takes them).
     eval_file: Path | None = None
     eval_text_columns: tuple[str | int, ...] | None = None
     eval_label_column: str | int | None = None
@@ -184,7 +184,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
 
     eval_task = None
     if options.eval_file is not None:  # read before the slow part, so a bad file fails at once
-        from converters.evaluate import check_task_fits, load_eval_task
+        from edgebert.evaluate import check_task_fits, load_eval_task
 
         if not num_labels:
             raise UsageError("--eval scores a classifier, but this export is an encoder (no classifier head)",
@@ -222,7 +222,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         runtime = tflite.runtime.describe()
         evaluation = None
         if eval_task is not None:  # the exported model itself, with the tokenizer.json the bundle ships
-            from converters.evaluate import evaluate_model, manifest_record
+            from edgebert.evaluate import evaluate_model, manifest_record
 
             log(f"evaluating on {options.eval_file} ({len(eval_task):,} examples)")
             tokenizer_path = Path(scratch) / bundle.TOKENIZER_FILE

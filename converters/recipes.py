@@ -172,7 +172,7 @@ class RecipeInputs:
 
 
 def _fingerprint(step: Step, source_sha: str, inputs: RecipeInputs, overrides: dict) -> dict:
-    from converters.sources import file_sha256
+    from edgebert.bundle import file_sha256
 
     files = [p for p in (inputs.task, inputs.dev, *inputs.corpus) if p is not None]
     return json.loads(json.dumps({"kind": step.kind, "options": step.options, "overrides": overrides,
@@ -188,7 +188,7 @@ def run_steps(recipe: Recipe, source_path: str | Path, work_dir: Path, inputs: R
     from converters import finetune as finetuning
     from converters import structured, vocab_trim
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     if recipe.needs_task and inputs.task is None:
         raise UsageError(f"recipe {recipe.name} fine-tunes or prunes on a task: pass --task TRAIN.tsv")

@@ -19,6 +19,7 @@ import numpy as np
 from converters import google_checkpoint
 from converters.config import BertConfig
 from edgebert import tokenizer as tokenization
+from edgebert.bundle import file_sha256
 from edgebert.errors import ConfigError, SourceError, UnknownVariantError
 from edgebert.variants import ALL_VARIANTS, Variant, parse_variant
 
@@ -51,14 +52,6 @@ class Source:
         grid_like = (self.config.num_heads == shape.heads and self.config.intermediate_size == shape.intermediate
                      and not self.config.layer_heads and not self.config.layer_intermediate_sizes)  # not pruned
         return shape if shape in ALL_VARIANTS and grid_like else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def directory_sha256(files: list[Path]) -> str:

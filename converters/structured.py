@@ -52,7 +52,7 @@ import numpy as np
 from converters import google_checkpoint
 from converters.config import BertConfig
 from converters.sources import Source, check_weights_match
-from converters.tasks import TaskData
+from edgebert.tasks import TaskData
 from edgebert.errors import OutputError, UsageError
 
 IMPORTANCE_METHOD = ("first-order Taylor (Molchanov et al. 2019): |sum over the group of w * dL/dw| of the "
@@ -322,7 +322,7 @@ def prune_to_directory(source_path: str | Path, task_path: str | Path, out_dir: 
     options, the output directory, the task's labels against the classifier) come before the scoring.
     seq_len None: 128, or the model's positions when it has fewer."""
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     out_dir = Path(out_dir)
     check_options(None, heads_fraction, ffn_fraction, drop_layers)

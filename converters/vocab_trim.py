@@ -59,7 +59,7 @@ import numpy as np
 
 from converters import google_checkpoint
 from converters.sources import Source
-from converters.tasks import load_task, read_utf8
+from edgebert.tasks import load_task, read_utf8
 from edgebert import tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError, ValidationError
 
@@ -322,13 +322,13 @@ def write_trimmed(source: Source, report: dict, out_dir: str | os.PathLike, forc
 
 def read_corpus_file(path: str | os.PathLike) -> list:
     """The texts of one corpus file: a `.txt` is one sentence per line (UTF-8, blank lines skipped);
-    anything else is a GLUE-style TSV read by `converters.tasks.load_task` (texts only, labels ignored;
+    anything else is a GLUE-style TSV read by `edgebert.tasks.load_task` (texts only, labels ignored;
     pairs as (a, b) tuples). A missing, non-UTF-8 or empty file is a one-line SourceError naming it."""
     path = Path(path)
     text = read_utf8(path, "corpus file", "a corpus file")
     if path.suffix.lower() != ".txt":
         return list(load_task(path).texts)
-    lines = [line.strip() for line in text.split("\n")]  # not splitlines(): see converters.tasks
+    lines = [line.strip() for line in text.split("\n")]  # not splitlines(): see edgebert.tasks
     lines = [line for line in lines if line]
     if not lines:
         raise SourceError("corpus file is empty", path)

@@ -24,6 +24,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_output_dir(out_dir: Path, force: bool) -> None:
     """Refuse early (before minutes of conversion) an output that exists or cannot be written."""
     out_dir = Path(out_dir)

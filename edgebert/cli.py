@@ -193,7 +193,7 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
     """
     _converters_or_exit()
     from converters.export import Compat, QuantizeMode
-    from converters.evaluate import describe as describe_evaluation, parse_column, parse_columns
+    from edgebert.evaluate import describe as describe_evaluation, parse_column, parse_columns
     from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_len
 
     common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),

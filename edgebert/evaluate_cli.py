@@ -1,7 +1,7 @@
-"""The `edgebert evaluate` command: a thin layer over converters.evaluate, for the device side.
+"""The `edgebert evaluate` command: a thin layer over edgebert.evaluate, for the device side.
 
-Imported by `edgebert.cli` at start-up, so it imports only click at module level. converters.evaluate
-imports numpy, edgebert and converters.tasks only (never TensorFlow), so the command runs wherever the
+Imported by `edgebert.cli` at start-up, so it imports only click at module level. edgebert.evaluate
+imports numpy, edgebert and edgebert.tasks only (never TensorFlow), so the command runs wherever the
 device-side install does. Library errors become one `error: ...` line through the group in edgebert.cli.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def evaluate(bundle, task_file, limit, text_columns, label_column, threads, as_j
     device's TFLite interpreter; the argmax of the logits is scored with the task's GLUE metrics. Needs
     only the device-side install (no TensorFlow).
     """
-    from converters.evaluate import (describe, evaluate_bundle, load_eval_task, parse_column, parse_columns,
+    from edgebert.evaluate import (describe, evaluate_bundle, load_eval_task, parse_column, parse_columns,
                                      predictions_sha256)
     from edgebert.errors import UsageError
 

@@ -123,7 +123,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                                      finetune as run_finetune, search as run_search)
     from converters.pruning import PruningSpec
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     columns = {"text_columns": [_column(c) for c in text_columns.split(",")] if text_columns else None,
                "label_column": _column(label_column) if label_column else None}

@@ -74,7 +74,7 @@ def test_convert_eval_puts_the_exported_models_accuracy_in_the_manifest(evaluate
 
 
 def test_evaluate_bundle_reproduces_the_manifest(evaluated, dev_tsv):
-    from converters.evaluate import evaluate_bundle, load_eval_task, manifest_record
+    from edgebert.evaluate import evaluate_bundle, load_eval_task, manifest_record
 
     _, out = evaluated
     calls = []
@@ -175,7 +175,7 @@ def test_evaluation_runs_without_tensorflow(evaluated, dev_tsv):
     _, out = evaluated
     code = ("import sys\n"
             "import edgebert.cli, edgebert.evaluate_cli\n"
-            "from converters.evaluate import evaluate_bundle, load_eval_task\n"
+            "from edgebert.evaluate import evaluate_bundle, load_eval_task\n"
             f"task = load_eval_task({str(dev_tsv)!r}, text_columns=('sentence',), label_column='label')\n"
             f"result = evaluate_bundle({str(out)!r}, task)\n"
             "print(result['examples'], sorted(m for m in ('tensorflow', 'tf_keras') if m in sys.modules))\n")

@@ -35,7 +35,7 @@ def task_files(tmp_path_factory):
 def _run(source_dir, train, dev, out, **options):
     from converters.finetune import FinetuneOptions, Progress, finetune
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     defaults = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
     logs = []
@@ -78,7 +78,7 @@ def test_finetuned_checkpoint_converts_to_a_classifier_bundle(finetuned, tmp_pat
 def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_checkpoint, task_files, tmp_path):
     from converters.finetune import FinetuneOptions, Progress, finetune
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     # Without dropout the run is deterministic, so the resumed result must equal the straight one.
     straight, _ = _run(tiny_checkpoint, *task_files, tmp_path / "straight", epochs=3, dropout=0.0)
@@ -109,7 +109,7 @@ def test_resume_refuses_a_work_directory_made_with_other_options(tiny_checkpoint
 
     from converters.finetune import FinetuneOptions, Progress, finetune
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     source, train = load_source(tiny_checkpoint), load_task(task_files[0])
     with pytest.raises(KeyboardInterrupt):
@@ -125,7 +125,7 @@ def _student_logits(source_dir, train_file):
     from converters.finetune import classifier_weights, encode_task, predict_logits
     from converters.model import build_bert, set_google_weights
     from converters.sources import load_source
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     source = load_source(source_dir)
     model = build_bert(source.config, None, 2)
@@ -135,7 +135,7 @@ def _student_logits(source_dir, train_file):
 
 def test_distillation_lowers_the_loss_against_the_teacher(tiny_checkpoint, task_files, tmp_path):
     from converters.finetune import distillation_loss
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     # A confident teacher given as a logits file: +3 for the true label, -3 for the other.
     labels = np.array(load_task(task_files[0]).labels)

@@ -41,7 +41,7 @@ def source(tiny_classifier_checkpoint):
 
 @pytest.fixture(scope="module")
 def task_data(task_file):
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
     return load_task(task_file)
 
 

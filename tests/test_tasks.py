@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
-from converters.tasks import (
+from edgebert.tasks import (
     TaskKind,
     accuracy,
     f1_binary,

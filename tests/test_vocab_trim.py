@@ -455,7 +455,7 @@ GLUE_SST2 = SHARED_DATA / "glue" / "SST-2"
 
 
 def _sst2_texts(split):
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
     return load_task(GLUE_SST2 / f"{split}.tsv").texts
 
 

@@ -130,7 +130,7 @@ def _calibration_text(settings: Settings, work: Path) -> Path:
     English): 200 of them, drawn with the run's seed."""
     import numpy as np
 
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     path = work / "calibration.txt"
     if not path.is_file():
@@ -197,13 +197,13 @@ def _latencies(bundles: dict[str, Path], settings: Settings, log) -> dict[str, d
 
 
 def _predictions(bundle: Path, dev) -> list[int]:
-    from converters.evaluate import evaluate_bundle
+    from edgebert.evaluate import evaluate_bundle
 
     return evaluate_bundle(bundle, dev)["predictions"]
 
 
 def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) -> dict:
-    from converters.tasks import load_task
+    from edgebert.tasks import load_task
 
     started = time.perf_counter()
     work = out / "work" / variant.name

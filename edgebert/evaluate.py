@@ -1,7 +1,7 @@
 """Task accuracy measured by running the exported `.tflite`, exactly as a device would.
 
 `evaluate_bundle(bundle_dir, task_data)` opens a classifier bundle, tokenizes each example of a labelled
-GLUE-style task (`converters.tasks.load_task`; a path or a loaded `TaskData`) with the bundle's own
+GLUE-style task (`edgebert.tasks.load_task`; a path or a loaded `TaskData`) with the bundle's own
 tokenizer.json at the bundle's sequence length (each text alone, as `edgebert predict` does), runs
 model.tflite with the device-side interpreter, takes the argmax of `logits` and scores it with the
 task's metrics. `edgebert convert --eval DEV.tsv` runs the same code on the freshly exported model
@@ -13,7 +13,7 @@ Result: {"task" (e.g. "SST-2"; None for a file of no known GLUE task), "kind" ("
 record replaces "predictions" by "predictions_sha256" (`predictions_sha256`: the sha256 of the indices
 written as JSON without spaces, e.g. "[0,2,1]"), so two bundles' answers can be compared cheaply.
 
-Device side: this module imports only numpy, edgebert and converters.tasks, never TensorFlow.
+Device side: this module imports only numpy and edgebert, never TensorFlow.
 """
 from __future__ import annotations
 
@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.sources import file_sha256
-from converters.tasks import TaskData, load_task, metrics
 from edgebert import tokenizer as tokenization
-from edgebert.bundle import MANIFEST_FILE, read_bundle
+from edgebert.bundle import MANIFEST_FILE, file_sha256, read_bundle
 from edgebert.errors import BundleError, UsageError
 from edgebert.interpreter import TFLiteModel
+from edgebert.tasks import TaskData, load_task, metrics
 
 MEASURED_WITH = "model.tflite"
 
