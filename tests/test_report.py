@@ -251,6 +251,19 @@ def test_html_is_self_contained_with_one_png_per_plot(built):
     assert page.count(">failed: " + FAIL_MESSAGE + "<") == 1
 
 
+def test_documents_equal_the_golden_ones_rendered_before_the_report_was_split(tmp_path):
+    """tests/golden/ holds report.md and report.html as the single-module report rendered them for
+    sweep_results(with_accuracy=True): the split into model/tables/markdown/html/figures changed no byte.
+    The PNG payloads are left out (their bytes follow the installed matplotlib), the sweep's path is SWEEP."""
+    sweep_dir = write_sweep(tmp_path / "sweep", sweep_results(with_accuracy=True))
+    md_path, html_path = build_report(sweep_dir)
+    markdown = md_path.read_text().replace(str(sweep_dir), "SWEEP")
+    page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,PNG",
+                  html_path.read_text().replace(str(sweep_dir), "SWEEP"))
+    assert markdown == (REPO / "tests" / "golden" / "report.md").read_text()
+    assert page == (REPO / "tests" / "golden" / "report.html").read_text()
+
+
 def test_without_accuracy_there_is_no_pareto_view_and_no_accuracy_column(tmp_path):
     sweep_dir = write_sweep(tmp_path / "sweep", sweep_results(with_accuracy=False))
     md_path, html_path = build_report(sweep_dir)
