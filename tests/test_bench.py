@@ -138,7 +138,7 @@ def test_worker_measures_in_a_fresh_process_without_tensorflow(bundles):
 
 
 def test_device_side_modules_do_not_import_tensorflow():
-    code = "import edgebert.bench, edgebert.predict, edgebert.bench_cli, edgebert.device_info; " + NO_TENSORFLOW
+    code = "import edgebert.bench, edgebert.predict, edgebert.cli.inference, edgebert.device_info; " + NO_TENSORFLOW
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
 

@@ -312,7 +312,7 @@ esac
 
 def test_deploy_and_the_device_suite_do_not_import_tensorflow():
     code = ("import sys\n"
-            "import edgebert.deploy, edgebert.deploy_cli, device_tests.device_checks\n"
+            "import edgebert.deploy, edgebert.cli.deploy, device_tests.device_checks\n"
             "from edgebert.cli import cli\n"
             "print(sorted(m for m in ('tensorflow', 'tf_keras', 'converters') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -174,7 +174,7 @@ def test_convert_eval_errors_fail_before_the_export(tiny_checkpoint, tiny_classi
 def test_evaluation_runs_without_tensorflow(evaluated, dev_tsv):
     _, out = evaluated
     code = ("import sys\n"
-            "import edgebert.cli, edgebert.evaluate_cli\n"
+            "import edgebert.cli, edgebert.cli.inference\n"
             "from edgebert.evaluate import evaluate_bundle, load_eval_task\n"
             f"task = load_eval_task({str(dev_tsv)!r}, text_columns=('sentence',), label_column='label')\n"
             f"result = evaluate_bundle({str(out)!r}, task)\n"

@@ -350,6 +350,6 @@ def test_prune_module_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, edgebert.prune_cli, edgebert.cli; print('tensorflow' in sys.modules)"
+    code = "import sys, converters.commands.shrink, edgebert.cli; print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

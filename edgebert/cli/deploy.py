@@ -1,17 +1,12 @@
-"""The `edgebert deploy` command: a thin layer over edgebert.deploy.
-
-Imported by `edgebert.cli` at start-up, so it imports only click at module level. Library errors
-(UsageError, BundleError, DeployError) become one `error: ...` line through the group in edgebert.cli.
-"""
+"""`edgebert deploy`: a thin layer over edgebert.deploy (library errors become one line through the
+group in edgebert.cli)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-
-def _say(message: str) -> None:
-    click.echo(message, err=True)
+from edgebert.cli import say
 
 
 @click.command("deploy")
@@ -43,7 +38,7 @@ def deploy(bundles, host, identity, remote_dir, python, runs, threads, budget, r
     from edgebert.deploy import DeployError, deploy as run_deploy
 
     outcome = run_deploy(host, list(bundles), identity=identity, remote_dir=remote_dir, python=python, runs=runs,
-                         threads=threads, budget=budget, results_dir=results_dir, log=_say)
+                         threads=threads, budget=budget, results_dir=results_dir, log=say)
     if outcome.bench_output.strip():
         click.echo(outcome.bench_output.rstrip())
         click.echo("")

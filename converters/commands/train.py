@@ -1,24 +1,14 @@
-"""`edgebert finetune`: the training side of the converter, as one command.
-
-TensorFlow is imported inside the command, never at module level, so `edgebert --help` stays fast.
-"""
+"""`edgebert finetune`: the training side of the converter, as one command, and the per-epoch progress
+that `convert --recipe` shows too. TensorFlow is imported when the command runs, never at module level."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
+from converters.commands import converters_or_exit
+from edgebert.cli import float_list, int_list, say
 from edgebert.errors import UsageError
-
-
-def _floats(text: str, option: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"{option} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise UsageError(f"{option} names no value")
-    return values
 
 
 class _EpochBar:
@@ -116,9 +106,7 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
     checkpoint is saved every epoch; rerun the same command after an interruption to resume. Add
     --teacher to distil, --prune to magnitude-prune. Then: edgebert convert OUT --out BUNDLE.
     """
-    from edgebert.cli import _converters_or_exit, _int_list, _say
-
-    _converters_or_exit()
+    converters_or_exit()
     from converters.finetune import (MINIATURES_BATCH_SIZES, MINIATURES_LEARNING_RATES, FinetuneOptions,
                                      finetune as run_finetune, search as run_search)
     from converters.pruning import PruningSpec
@@ -129,8 +117,8 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                "label_column": _column(label_column) if label_column else None}
     train = load_task(train_file, **columns)
     dev = load_task(dev_file, **columns) if dev_file else None
-    batch_sizes = list(MINIATURES_BATCH_SIZES) if search else _int_list(batch_size, "--batch-size")
-    learning_rates = list(MINIATURES_LEARNING_RATES) if search else _floats(learning_rate, "--learning-rate")
+    batch_sizes = list(MINIATURES_BATCH_SIZES) if search else int_list(batch_size, "--batch-size")
+    learning_rates = list(MINIATURES_LEARNING_RATES) if search else float_list(learning_rate, "--learning-rate")
     pruning = None
     if prune_sparsity is not None or prune_pattern != "unstructured":
         schedule = {"begin": prune_begin, "end": prune_end, "frequency": prune_frequency}
@@ -140,9 +128,9 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                               patience=patience, seed=seed, max_train_examples=max_train_examples,
                               teacher=teacher, temperature=temperature, distill_weight=distill_weight,
                               pruning=pruning, new_head=new_head)
-    _say(f"reading {source}")
+    say(f"reading {source}")
     model_source = load_source(source)
-    progress = epoch_progress(_say)
+    progress = epoch_progress(say)
     if len(batch_sizes) * len(learning_rates) > 1:
         if work_dir or restart:
             raise UsageError("--work-dir and --restart apply to one run; a search keeps its runs in OUT.search")

@@ -1,5 +1,4 @@
-"""The `edgebert report` command. Imported by `edgebert.cli` at startup, so it imports nothing heavy:
-the report module (and through it matplotlib) is imported when the command runs."""
+"""`edgebert report`: the report package (and through it matplotlib) is imported when the command runs."""
 from __future__ import annotations
 
 from pathlib import Path
