@@ -22,13 +22,12 @@ import pytest
 
 from edgebert.deploy import Target, parse_target, remote_path
 from edgebert.errors import UsageError
+from ci import missing
 from cli_helpers import error_line, invoke
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 HAVE_OPENSSH = Path(SSHD).is_file() and shutil.which("ssh") is not None and shutil.which("ssh-keygen") is not None
-needs_openssh = pytest.mark.skipif(not HAVE_OPENSSH, reason="OpenSSH is not installed (apt-get install "
-                                                          "openssh-server openssh-client)")
 WEIRD = "b 1;$(touch pwned)'\"`touch pwned2`x"  # spaces, ;, $(...), quotes, backticks
 
 
@@ -45,11 +44,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     if not HAVE_OPENSSH:
-        pytest.skip("OpenSSH is not installed (apt-get install openssh-server openssh-client)")
+        missing("OpenSSH is not installed (apt-get install openssh-server openssh-client)")
     try:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
     except OSError as error:
-        pytest.skip(f"cannot create /run/sshd for sshd ({error.strerror})")
+        missing(f"cannot create /run/sshd for sshd ({error.strerror})")
     root = tmp_path_factory.mktemp("sshd")
     for key in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgebert-test", "-f", str(root / key)],
@@ -174,8 +173,9 @@ def test_a_bad_budget_is_refused_before_connecting(tiny_bundle, tmp_path, env):
     assert error_line(result, 2) == f"error: {budget}: default.p90_ms must be a positive number, got -1"
 
 
-@needs_openssh
 def test_unreachable_host_fails_fast_in_one_line(tiny_bundle, tmp_path, env):
+    if not HAVE_OPENSSH:
+        missing("OpenSSH is not installed (apt-get install openssh-server openssh-client)")
     port = _free_port()  # nothing listens there
     started = time.monotonic()
     result = invoke("deploy", "--host", f"ssh://root@127.0.0.1:{port}", "--results", tmp_path / "results",

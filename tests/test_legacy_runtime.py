@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from ci import missing
+
 REPO = Path(__file__).resolve().parent.parent
 LEGACY_PYTHON = Path(os.environ.get("EDGEBERT_LEGACY_PYTHON", REPO / ".venv-legacy" / "bin" / "python"))
 
-pytestmark = pytest.mark.skipif(not LEGACY_PYTHON.is_file(), reason=f"no Python with tflite-runtime 2.14 at "
-                                f"{LEGACY_PYTHON} (python -m venv .venv-legacy && .venv-legacy/bin/pip install "
-                                "'tflite-runtime==2.14.0' 'numpy<2')")
+
+
+@pytest.fixture(autouse=True)
+def _legacy_python():
+    if not LEGACY_PYTHON.is_file():
+        missing(f"no Python with tflite-runtime 2.14 at {LEGACY_PYTHON} (python -m venv .venv-legacy && "
+                ".venv-legacy/bin/pip install 'tflite-runtime==2.14.0' 'numpy<2')")
 
 # Runs inside the legacy Python: numpy and tflite_runtime only. Prints one JSON line.
 CHECK = """

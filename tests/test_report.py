@@ -6,6 +6,9 @@ cells of the report. One test renders the page in headless Chromium when it is i
 """
 from __future__ import annotations
 
+import base64
+import html.parser
+import io
 import json
 import re
 import shutil
@@ -430,3 +433,85 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=False).stdout
     assert png_count(dom) == 8
     assert "Every cell" in dom and FAIL_MESSAGE in dom
+
+
+# Appended to a copy of the page: once every image has loaded, record what the browser decoded.
+DECODE_PROBE = """<script>
+window.addEventListener("load", () => {
+  for (const img of document.images) {
+    img.setAttribute("data-natural", img.complete + "x" + img.naturalWidth + "x" + img.naturalHeight);
+  }
+  document.body.setAttribute("data-probed", "yes");
+});
+</script>"""
+
+
+class _Tables(html.parser.HTMLParser):
+    """Each <table> of a page as {caption, rows of cell texts}."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.in_cell, self.in_caption = [], False, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append({"caption": "", "rows": []})
+        elif tag == "tr":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1]["rows"][-1].append("")
+            self.in_cell = True
+        elif tag == "caption":
+            self.in_caption = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.in_cell = False
+        elif tag == "caption":
+            self.in_caption = False
+
+    def handle_data(self, data):
+        if self.in_caption:
+            self.tables[-1]["caption"] += data
+        elif self.in_cell:
+            self.tables[-1]["rows"][-1][-1] += data
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_chromium_decodes_every_figure_and_its_tables_hold_the_results(built, tmp_path):
+    """What a person sees: each embedded PNG decoded by the browser to its real size, and the grid tables
+    in the rendered DOM holding the p50 of each cell of results.json."""
+    import matplotlib.image
+
+    _, html_path = built
+    probed = tmp_path / "probed.html"
+    probed.write_text(html_path.read_text().replace("</body>", DECODE_PROBE + "</body>"))
+    command = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+               "--dump-dom", probed.resolve().as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False).stdout
+    assert 'data-probed="yes"' in dom, "the page's load event never fired"
+    decoded = re.findall(r'<img [^>]*alt="([^"]*)"[^>]*data-natural="([^"]*)"', dom)
+    assert len(decoded) == 8
+    page = html_path.read_text()
+    for caption, natural in decoded:
+        complete, width, height = natural.split("x")
+        payload = re.search(r'alt="' + re.escape(caption) + r'" src="data:image/png;base64,([^"]+)"', page).group(1)
+        expected_height, expected_width = matplotlib.image.imread(io.BytesIO(base64.b64decode(payload))).shape[:2]
+        assert (complete, int(width), int(height)) == ("true", expected_width, expected_height), caption
+
+    parser = _Tables()
+    parser.feed(dom)
+    grids = {table["caption"]: table["rows"] for table in parser.tables if table["caption"].startswith("p50 latency")}
+    results = json.loads((html_path.parent / "results.json").read_text())["results"]
+    checked = 0
+    for item in results:
+        if "error" in item:
+            continue
+        block = item["sweep"]
+        threads = block["threads"]
+        caption = f"p50 latency (ms), {block['quantize']}, {threads} thread{'s' if threads > 1 else ''}"
+        header, *rows = grids[caption]
+        row = next(r for r in rows if r[0] == str(block["layers"]))
+        assert row[header.index(str(block["hidden"]))] == f"{item['latency_ms']['p50']:.2f}", caption
+        checked += 1
+    assert checked == 15

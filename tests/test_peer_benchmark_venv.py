@@ -1,0 +1,33 @@
+"""The peer benchmark's end-to-end tests, run in the environment that has its heavy extra.
+
+torch, transformers<5, onnxruntime and onnx (the [bench] extra) stay out of the main environment, so
+tests/test_peer_benchmark.py skips its real tests there. `.ci/run` makes `.venv-bench` with them
+(`pip install torch==2.13.0 && pip install -e '.[convert,bench,test]'`); this test runs that file in it
+and requires every test to pass and none to skip. EDGEBERT_BENCH_PYTHON names another such Python.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ci import missing
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_PYTHON = Path(os.environ.get("EDGEBERT_BENCH_PYTHON", REPO / ".venv-bench" / "bin" / "python"))
+
+
+def test_peer_benchmark_tests_pass_in_the_bench_environment():
+    if not BENCH_PYTHON.is_file():
+        missing(f"no Python with the [bench] extra at {BENCH_PYTHON} (python -m venv .venv-bench && "
+                ".venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install -e '.[convert,bench,test]')")
+    if Path(sys.executable).resolve() == BENCH_PYTHON.resolve():
+        missing("this is the bench environment itself; tests/test_peer_benchmark.py runs here directly")
+    done = subprocess.run([str(BENCH_PYTHON), "-m", "pytest", "tests/test_peer_benchmark.py", "-q", "-rs",
+                           "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert re.fullmatch(r"=* ?\d+ passed( in .*)?", summary) or re.match(r"\d+ passed in", summary), summary
+    assert "skipped" not in summary, summary
