@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ci import missing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,11 +25,10 @@ def test_peer_benchmark_tests_pass_in_the_bench_environment():
     if not BENCH_PYTHON.is_file():
         missing(f"no Python with the [bench] extra at {BENCH_PYTHON} (python -m venv .venv-bench && "
                 ".venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install -e '.[convert,bench,test]')")
-    if Path(sys.executable).resolve() == BENCH_PYTHON.resolve():
-        missing("this is the bench environment itself; tests/test_peer_benchmark.py runs here directly")
+    if Path(sys.prefix).resolve() == BENCH_PYTHON.parent.parent.resolve():
+        pytest.skip("this is the bench environment itself: tests/test_peer_benchmark.py runs here directly")
     done = subprocess.run([str(BENCH_PYTHON), "-m", "pytest", "tests/test_peer_benchmark.py", "-q", "-rs",
                            "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert re.fullmatch(r"=* ?\d+ passed( in .*)?", summary) or re.match(r"\d+ passed in", summary), summary
-    assert "skipped" not in summary, summary
+    summary = done.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed in ", summary), summary  # and nothing skipped, failed or deselected
