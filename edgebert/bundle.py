@@ -53,7 +53,8 @@ def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bo
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         for name, data in files.items():
             with open(staging / name, "wb") as handle:
@@ -61,7 +62,7 @@ def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bo
                 handle.flush()
                 os.fsync(handle.fileno())
         if out_dir.exists():  # --force: move the old one aside, then swap, then delete it
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
             os.replace(out_dir, retired / "old")
             os.replace(staging, out_dir)
             shutil.rmtree(retired, ignore_errors=True)
@@ -71,6 +72,26 @@ def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bo
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove the hidden staging (and retired) directories that a killed writer of `out_dir` left beside
+    it. Their names carry the writer's pid; a directory whose writer still runs is left alone."""
+    for leftover in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*-*-*"):
+        kind, _, rest = leftover.name[len(Path(out_dir).name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def to_json_bytes(data: dict) -> bytes:

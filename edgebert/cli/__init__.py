@@ -103,6 +103,8 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except EdgebertError as error:
             raise _OneLineError(str(error), error.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT; outputs are atomic
+            raise _OneLineError("interrupted", 130) from None
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
