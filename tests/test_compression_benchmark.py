@@ -6,7 +6,7 @@ import json
 from test_finetune import _write_task
 
 
-def test_compression_benchmark_smoke(tmp_path):
+def test_compression_benchmark_smoke(tmp_path, capsys):
     from benchmarks.compression.__main__ import main
 
     data = tmp_path / "task"
@@ -36,8 +36,17 @@ def test_compression_benchmark_smoke(tmp_path):
     assert [t["target"] for t in variant["targets"]][0] == "dynamic int8 within 0.5 points of float32"
     report = (out / "compression.md").read_text()
     assert "| structured-50 | dynamic-int8 |" in report and "- vocab-trimmed: " in report
-    # A rerun resumes: every step and bundle is reused.
+    # A rerun resumes: every step and bundle is reused (same files, untouched), only latency is measured again.
+    made = {path: path.stat().st_mtime_ns for path in out.rglob("*")
+            if path.is_file() and path.name in ("model.tflite", "manifest.json", "bert_model.ckpt.index")}
+    assert len(made) >= 9 * 2
+    capsys.readouterr()
     assert main([str(a) for a in args]) == 0
+    rerun = capsys.readouterr().err
+    assert "converting " not in rerun and "epoch 1/" not in rerun, rerun[-2000:]
+    assert {path: path.stat().st_mtime_ns for path in made} == made
+    again = {(r["model"], r["mode"]): r for r in json.loads((out / "compression.json").read_text())["variants"][0]["rows"]}
+    assert {key: row["accuracy"] for key, row in again.items()} == {key: row["accuracy"] for key, row in rows.items()}
 
 
 def test_compression_benchmark_needs_a_task_folder(tmp_path, capsys):
