@@ -7,8 +7,9 @@ the tanh approximation; Hugging Face's `gelu` is the exact erf form and `gelu_ne
 Structured pruning (converters/structured.py) gives layers their own head and FFN counts:
 `layer_heads` and `layer_intermediate_sizes` (empty: every layer has `num_heads` heads and
 `intermediate_size` neurons). `num_heads` stays the original count, so the head size is unchanged.
-Google's bert_config.json has no key for them; edgebert writes `edgebert_layer_heads` and
-`edgebert_layer_intermediate_sizes`, only when the layers differ from the uniform shape.
+Neither Google's bert_config.json nor Hugging Face's config.json has a key for them; edgebert writes
+`edgebert_layer_heads` and `edgebert_layer_intermediate_sizes` into either, only when the layers differ
+from the uniform shape (transformers ignores them, so it cannot load such a model).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ _GOOGLE_ACTIVATIONS = {"gelu": Activation.GELU_TANH, "relu": Activation.RELU}
 _HF_ACTIVATIONS = {"gelu": Activation.GELU_ERF, "gelu_new": Activation.GELU_TANH,
                    "gelu_pytorch_tanh": Activation.GELU_TANH, "gelu_fast": Activation.GELU_TANH,
                    "relu": Activation.RELU}
+# What edgebert writes into a Hugging Face config.json for each activation (transformers' names).
+_HF_NAMES = {Activation.GELU_ERF: "gelu", Activation.GELU_TANH: "gelu_new", Activation.RELU: "relu"}
 # edgebert's own keys in bert_config.json / config.json for per-layer shapes (written only when non-uniform).
 LAYER_HEADS_KEY, LAYER_INTERMEDIATE_KEY = "edgebert_layer_heads", "edgebert_layer_intermediate_sizes"
 
@@ -163,6 +166,31 @@ class BertConfig:
         if self.layer_intermediate_sizes:
             google[LAYER_INTERMEDIATE_KEY] = list(self.layer_intermediate_sizes)
         return google
+
+    def to_hf_json(self) -> dict:
+        """The dict transformers' BertConfig reads from `config.json`, with the activation in Hugging Face's
+        names (the erf GELU is "gelu", the tanh one "gelu_new") and the per-layer keys when pruned."""
+        hf = {
+            "model_type": "bert",
+            "attention_probs_dropout_prob": 0.1,
+            "hidden_act": _HF_NAMES[self.activation],
+            "hidden_dropout_prob": 0.1,
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "max_position_embeddings": self.max_positions,
+            "num_attention_heads": self.num_heads,
+            "num_hidden_layers": self.num_layers,
+            "position_embedding_type": "absolute",
+            "type_vocab_size": self.type_vocab_size,
+            "vocab_size": self.vocab_size,
+        }
+        if self.layer_heads:
+            hf[LAYER_HEADS_KEY] = list(self.layer_heads)
+        if self.layer_intermediate_sizes:
+            hf[LAYER_INTERMEDIATE_KEY] = list(self.layer_intermediate_sizes)
+        return hf
 
     def to_dict(self) -> dict:
         return {**asdict(self), "activation": self.activation.value, "head_size": self.head_size,

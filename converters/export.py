@@ -21,6 +21,9 @@ class QuantizeMode(str, Enum):
     FLOAT16 = "float16"
     DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations: the CPU sweet spot
     INT8 = "int8"  # full integer, calibrated: for NPUs/DSPs; slower than dynamic int8 on CPU
+    # int4 weights per channel, int8 activations at run time; made by ai-edge-quantizer from the float32
+    # export (converters/quantize.py): the TensorFlow converter has no int4
+    DYNAMIC_INT4 = "dynamic-int4"
 
     @classmethod
     def parse(cls, text: str) -> "QuantizeMode":
@@ -72,9 +75,14 @@ def convert_function(function, trackable, mode: QuantizeMode,
                      compat: Compat | None = None) -> bytes:
     """Any concrete function (BERT's, or a benchmark's single layer) to TFLite bytes in `mode`, on
     builtin ops only. `trackable` owns the function's variables (the Keras model or layer)."""
+    if compat is Compat.TFLITE_RUNTIME_2_14 and mode is QuantizeMode.DYNAMIC_INT4:
+        raise UsageError(f"--compat {compat.value}: tflite-runtime 2.14 has no int4 kernels; use dynamic-int8")
     if compat is Compat.TFLITE_RUNTIME_2_14 and mode is not QuantizeMode.DYNAMIC_INT8:
         raise UsageError(f"--compat {compat.value} only changes dynamic-int8 models; "
                          f"{mode.value} already loads in tflite-runtime 2.14")
+    if mode is QuantizeMode.DYNAMIC_INT4:
+        raise UsageError("dynamic-int4 is made by ai-edge-quantizer from a float32 export "
+                         "(converters.quantize), not by the TensorFlow converter")
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode is QuantizeMode.FLOAT16:

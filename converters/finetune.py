@@ -35,12 +35,12 @@ from typing import Callable
 
 import numpy as np
 
-from converters import google_checkpoint, pruning
+from converters import google_checkpoint, hf_checkpoint, pruning
 from converters.pruning import PruningSpec
 from converters.sources import Source, load_source
 from edgebert import tokenizer as tokenization
 from edgebert.bundle import file_sha256
-from edgebert.errors import OutputError, SourceError, UsageError
+from edgebert.errors import SourceError, UsageError
 from edgebert.tasks import TaskData, metrics
 
 MINIATURES_BATCH_SIZES = (8, 16, 32, 64, 128)
@@ -386,15 +386,16 @@ def finetune(source: Source, train: TaskData, dev: TaskData | None, out_dir: Pat
              options: FinetuneOptions = FinetuneOptions(), *, work_dir: Path | None = None,
              progress: Progress = Progress(), force: bool = False, restart: bool = False) -> FinetuneResult:
     """Fine-tune `source` on `train`, choose the best epoch on `dev` (the last epoch without one), and
-    write it to out_dir as a Google-layout classifier checkpoint that `edgebert convert` reads."""
-    from converters.model import build_bert, set_google_weights
-    from converters.tf_import import tf, tf_keras
-    from converters.vocab_trim import source_vocab
-
+    write it to out_dir as a classifier checkpoint that `edgebert convert` reads, in the source's format
+    (Hugging Face's for a Hugging Face source, else Google's layout; converters/hf_checkpoint.py). Whether
+    it can be written is checked before anything is trained."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise OutputError("already exists (pass --force to replace it)", out_dir)
+    # The output first: a run must never train for minutes and then fail to write.
+    output = hf_checkpoint.prepare_output(source, out_dir, force=force)
+    from converters.model import build_bert, set_google_weights
+    from converters.tf_import import tf, tf_keras
+
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
     if dev is not None and dev.labels is None:
         raise UsageError("the dev file has no labels; early stopping needs labelled data", dev.path)
@@ -504,10 +505,10 @@ def finetune(source: Source, train: TaskData, dev: TaskData | None, out_dir: Pat
         result_record["pruning"] = {"spec": options.pruning.to_dict(), "schedule": dataclasses.asdict(schedule),
                                     "measured": pruning.check_sparsity(best_weights, source.config, options.pruning)}
     history = source.history + [result_record]
-    google_checkpoint.write_checkpoint_directory(
-        out_dir, source.config, best_weights, source_vocab(source), force=force,
-        record={"lowercase": source.lowercase, "labels": list(train.label_names),
-                "random_init": source.random_weights, "history": history})
+    output.write(source.config, best_weights,
+                 record={"lowercase": source.lowercase, "labels": list(train.label_names),
+                         "random_init": source.random_weights, "max_word_chars": source.max_word_chars,
+                         "history": history})
     shutil.rmtree(work_dir, ignore_errors=True)
     return FinetuneResult(out_dir, result_record, state["best"]["dev"])
 
@@ -558,8 +559,7 @@ def search(source: Source, train: TaskData, dev: TaskData, out_dir: Path, option
     if dev is None:
         raise UsageError("a hyper-parameter search needs --dev to compare the runs on")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise OutputError("already exists (pass --force to replace it)", out_dir)
+    hf_checkpoint.prepare_output(source, out_dir, force=force)  # before any run: the best is copied there
     runs_dir = out_dir.with_name(out_dir.name + ".search")
     main_metric, results = dev.metric_names[0], []
     for batch_size, learning_rate in grid(batch_sizes, learning_rates):

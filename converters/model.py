@@ -1,9 +1,9 @@
 """BERT as a tf_keras functional model, written to export cleanly to builtin TFLite ops.
 
-Read bottom-up: embeddings, one attention step, the encoder layer, then the model. Every Dense layer is
-a top-level layer of the functional graph (not hidden inside a custom layer) so that
-tensorflow-model-optimization can wrap them for pruning with `clone_model`. The few custom layers hold
-no trainable matrices. Shapes: B batch, S sequence, H hidden, N heads, D head size (H = N * D).
+Read bottom-up: embeddings, one attention step, the sentence-transformers poolings, the encoder layer,
+then the model. Every Dense layer is a top-level layer of the functional graph (not hidden inside a
+custom layer) so that tensorflow-model-optimization can wrap them for pruning with `clone_model`. The
+few custom layers hold no trainable matrices. Shapes: B batch, S sequence, H hidden, N heads, D head size (H = N * D).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from converters.config import Activation, BertConfig
+from converters.sentence_embedding import PoolingMode, SentencePooling
 from converters.tf_import import tf, tf_keras
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -114,6 +115,53 @@ class FirstToken(tf_keras.layers.Layer):
         return sequence[:, 0, :]  # (B, H)
 
 
+@tf_keras.utils.register_keras_serializable("edgebert")
+class MaskedMeanPooling(tf_keras.layers.Layer):
+    """The mean of the token vectors over the real tokens (attention mask 1): padding changes nothing.
+    One batched matmul of the mask's weights (1/count on real tokens, 0 on padding) with the sequence,
+    an op XNNPACK runs, instead of a masked multiply and a reduction."""
+
+    def call(self, sequence, attention_mask):  # (B, S, H), (B, S) int32
+        mask = tf.cast(attention_mask, tf.float32)  # (B, S)
+        count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)  # (B, 1): real tokens
+        weights = tf.reshape(mask / count, [-1, 1, tf.shape(mask)[1]])  # (B, 1, S)
+        mean = tf.matmul(weights, sequence)  # (B, 1, H)
+        return tf.reshape(mean, [-1, sequence.shape[-1]])  # (B, H)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class MaskedMaxPooling(tf_keras.layers.Layer):
+    """The per-dimension maximum over the real tokens. A padded position is given the [CLS] vector
+    (position 0, always real), so it can never win: exact, and no -1e9 constant to stretch a full-int8
+    range the way sentence-transformers' own masking would."""
+
+    def call(self, sequence, attention_mask):  # (B, S, H), (B, S) int32
+        mask = tf.cast(attention_mask, tf.float32)[..., None]  # (B, S, 1)
+        first = sequence[:, :1, :]  # (B, 1, H)
+        masked = sequence * mask + first * (1.0 - mask)  # (B, S, H): padding replaced by [CLS]
+        return tf.reduce_max(masked, axis=1)  # (B, H)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class L2Normalize(tf_keras.layers.Layer):
+    """x / max(|x|, 1e-12), as sentence-transformers' Normalize (torch's F.normalize) computes it."""
+
+    def call(self, x):  # (B, H)
+        squared = tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)  # (B, 1)
+        return x * tf.math.rsqrt(tf.maximum(squared, 1e-24))  # (B, H)
+
+
+def sentence_embedding(sequence, attention_mask, pooling: SentencePooling):
+    """sentence-transformers' Pooling (and Normalize) over the encoder's output: (B, S, H) -> (B, H)."""
+    if pooling.mode is PoolingMode.CLS:
+        embedding = FirstToken(name="cls_pooling")(sequence)  # (B, H)
+    elif pooling.mode is PoolingMode.MEAN:
+        embedding = MaskedMeanPooling(name="mean_pooling")(sequence, attention_mask)  # (B, H)
+    else:
+        embedding = MaskedMaxPooling(name="max_pooling")(sequence, attention_mask)  # (B, H)
+    return L2Normalize(name="normalize")(embedding) if pooling.normalize else embedding  # (B, H)
+
+
 def _layer_norm(config: BertConfig, name: str):
     return tf_keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
 
@@ -144,10 +192,12 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
 
 
 def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
-               dropout: float = 0.0, masked_score: float = MASKED_SCORE) -> tf_keras.Model:
-    """The encoder (outputs `sequence_output`, `pooled_output`), or with num_labels a classifier
-    (output `logits`). seq_len None builds a model for any length up to max_positions. `dropout` is
-    for fine-tuning (BERT uses 0.1); the weights are the same with or without it."""
+               dropout: float = 0.0, masked_score: float = MASKED_SCORE,
+               pooling: SentencePooling | None = None) -> tf_keras.Model:
+    """The encoder (outputs `sequence_output`, `pooled_output`), with num_labels a classifier (output
+    `logits`), or with a sentence-transformers `pooling` a sentence embedder (output
+    `sentence_embedding`, no BERT pooler). seq_len None builds a model for any length up to
+    max_positions. `dropout` is for fine-tuning (BERT uses 0.1); the weights are the same without it."""
     inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
     words = tf_keras.layers.Embedding(config.vocab_size, config.hidden_size,
                                       name="word_embeddings")(inputs["input_ids"])  # (B, S, H)
@@ -158,6 +208,9 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
     mask_bias = AttentionMaskBias(masked_score, name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
     for index in range(config.num_layers):
         x = encoder_layer(x, mask_bias, config, index, dropout)
+    if pooling is not None:
+        embedding = sentence_embedding(x, inputs["attention_mask"], pooling)  # (B, H)
+        return tf_keras.Model(inputs, {"sentence_embedding": embedding}, name="bert_sentence_encoder")
     pooled = tf_keras.layers.Dense(config.hidden_size, activation="tanh",
                                    name="pooler")(FirstToken(name="first_token")(x))  # (B, H)
     if num_labels:
@@ -167,8 +220,9 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
     return tf_keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name="bert_encoder")
 
 
-def google_names(config: BertConfig, num_labels: int = 0) -> dict[str, list[str]]:
-    """Keras layer name -> the Google variables behind its weights, in `layer.weights` order."""
+def google_names(config: BertConfig, num_labels: int = 0, pooler: bool = True) -> dict[str, list[str]]:
+    """Keras layer name -> the Google variables behind its weights, in `layer.weights` order
+    (`pooler` False: a sentence embedder, which has no BERT pooler)."""
     dense = lambda scope: [f"{scope}/kernel", f"{scope}/bias"]  # noqa: E731
     norm = lambda scope: [f"{scope}/gamma", f"{scope}/beta"]  # noqa: E731
     names = {
@@ -176,8 +230,9 @@ def google_names(config: BertConfig, num_labels: int = 0) -> dict[str, list[str]
         "token_type_embeddings": ["bert/embeddings/token_type_embeddings"],
         "position_embeddings": ["bert/embeddings/position_embeddings"],
         "embeddings_layer_norm": norm("bert/embeddings/LayerNorm"),
-        "pooler": dense("bert/pooler/dense"),
     }
+    if pooler:
+        names["pooler"] = dense("bert/pooler/dense")
     for index in range(config.num_layers):
         g, p = f"bert/encoder/layer_{index}", f"layer_{index}"
         names.update({
@@ -195,6 +250,11 @@ def google_names(config: BertConfig, num_labels: int = 0) -> dict[str, list[str]
     return names
 
 
+def _has_pooler(model: tf_keras.Model) -> bool:
+    """A sentence embedder ends in sentence_embedding() instead of BERT's pooler."""
+    return any(layer.name == "pooler" for layer in model.layers)
+
+
 def keras_value(google_name: str, value: np.ndarray) -> np.ndarray:
     """run_classifier stores its head as [labels, hidden]; Dense wants [hidden, labels]."""
     return value.T if google_name == "output_weights" else value
@@ -208,7 +268,7 @@ def set_google_weights(model: tf_keras.Model, config: BertConfig, weights: dict[
     from edgebert.errors import ConfigError
 
     used = set()
-    for layer_name, variable_names in google_names(config, num_labels).items():
+    for layer_name, variable_names in google_names(config, num_labels, _has_pooler(model)).items():
         layer = model.get_layer(layer_name)
         values = []
         for variable, name in zip(layer.weights, variable_names):
@@ -231,7 +291,7 @@ def set_google_weights(model: tf_keras.Model, config: BertConfig, weights: dict[
 def get_google_weights(model: tf_keras.Model, config: BertConfig, num_labels: int = 0) -> dict[str, np.ndarray]:
     """The inverse of set_google_weights: every weight of the model under its Google name."""
     weights = {}
-    for layer_name, variable_names in google_names(config, num_labels).items():
+    for layer_name, variable_names in google_names(config, num_labels, _has_pooler(model)).items():
         for variable, name in zip(model.get_layer(layer_name).get_weights(), variable_names):
             weights[name] = keras_value(name, np.asarray(variable, dtype=np.float32))  # .T is its own inverse
     return weights

@@ -15,10 +15,15 @@ from typing import Callable
 
 import numpy as np
 
+from converters.mixed_precision import (DEFAULT_BUDGET, check_budget, converter_makes_it, finish_export,
+                                        quantizer_precision)
 from converters.export import Compat, QuantizeMode, export_tflite
+from converters import mediapipe_metadata
+from converters.quantize import Override, check_overrides, expected_layer_names
+from converters.sentence_embedding import SentencePooling
 from edgebert.quiet import native_output_silenced
 from converters.sources import Source, load_source
-from converters.validate import validate_export
+from converters.validate import ExportCheck
 from edgebert import __version__, bundle, samples, tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError
 from edgebert.interpreter import SIGNATURE, TFLiteModel
@@ -27,9 +32,10 @@ GOLDEN_SENTENCES, GOLDEN_PAIRS = 4, 1
 
 
 class Head(str, Enum):
-    AUTO = "auto"  # classifier when the checkpoint has one, else encoder
+    AUTO = "auto"  # classifier when the checkpoint has one, else sentence-embedding when it has one, else encoder
     ENCODER = "encoder"
     CLASSIFIER = "classifier"
+    SENTENCE_EMBEDDING = "sentence-embedding"  # a sentence-transformers folder's pooling (+ Normalize)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,12 @@ class ConvertOptions:
     eval_file: Path | None = None
     eval_text_columns: tuple[str | int, ...] | None = None
     eval_label_column: str | int | None = None
+    # Per-layer precisions (converters/quantize.py; a recipe's [[convert.overrides]]), and the search that
+    # raises the most sensitive layers when an export misses its thresholds (converters/mixed_precision.py;
+    # dynamic-int8 and dynamic-int4). Off: an export that misses is refused, as before.
+    layer_overrides: tuple[Override, ...] = ()
+    mixed_precision: bool = True
+    mixed_precision_budget: float = DEFAULT_BUDGET  # largest share of weights kept float32
 
     def __post_init__(self):
         object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
@@ -60,6 +72,12 @@ class ConvertOptions:
             raise UsageError("calibration and validation sizes must be at least 1")
         if self.eval_file is None and (self.eval_text_columns or self.eval_label_column is not None):
             raise UsageError("--eval-text-columns and --eval-label-column need --eval FILE")
+        object.__setattr__(self, "layer_overrides", tuple(self.layer_overrides))
+        check_budget(self.mixed_precision_budget)
+        if self.layer_overrides and quantizer_precision(self.quantize, self.compat) is None:
+            raise UsageError(f"per-layer overrides (recipe {self.layer_overrides[0].recipe}) need dynamic-int8 "
+                             f"or dynamic-int4 without --compat; {self.quantize.value} is exported by the "
+                             f"TensorFlow converter as a whole")
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,8 @@ def parse_seq_len(text: str) -> int | None:
 
 def bundle_tokenizer(source: Source, seq_len: int | None):
     """The bundle's tokenizer, always rebuilt from the vocab so it behaves exactly like BERT's reference
-    WordPiece (a Hugging Face tokenizer.json only contributes its vocab)."""
+    WordPiece (a Hugging Face tokenizer.json contributes its vocab and its word-length limit, which
+    `load_source` read into `source.max_word_chars`)."""
     vocab = source.vocab
     if vocab is None:
         loaded = tokenization.load_tokenizer(source.tokenizer_json)
@@ -90,14 +109,23 @@ def bundle_tokenizer(source: Source, seq_len: int | None):
         vocab = [token for token, _ in by_id]
     if len(vocab) != source.config.vocab_size:
         raise SourceError(f"tokenizer has {len(vocab)} tokens, config says {source.config.vocab_size}", source.path)
-    return tokenization.build_tokenizer(vocab, lowercase=source.lowercase, seq_len=seq_len)
+    return tokenization.build_tokenizer(vocab, lowercase=source.lowercase, seq_len=seq_len,
+                                        max_word_chars=source.max_word_chars)
 
 
-def _resolve_head(source: Source, head: Head) -> int:
+def _resolve_head(source: Source, head: Head) -> tuple[int, SentencePooling | None]:
+    """(number of labels, sentence pooling): at most one of them is set; neither for an encoder."""
     if head is Head.CLASSIFIER and not source.num_labels:
         raise UsageError("has no classifier head (output_weights/output_bias or classifier.*); use --head encoder",
                          source.path)
-    return 0 if head is Head.ENCODER else source.num_labels
+    if head is Head.SENTENCE_EMBEDDING and source.sentence_pooling is None:
+        raise UsageError("is not a sentence-transformers model (no modules.json with a Pooling module); "
+                         "use --head encoder", source.path)
+    if head is Head.ENCODER:
+        return 0, None
+    if head is Head.SENTENCE_EMBEDDING or (head is Head.AUTO and not source.num_labels):
+        return 0, source.sentence_pooling
+    return source.num_labels, None
 
 
 def _labels(source: Source, options: ConvertOptions, num_labels: int) -> list[str]:
@@ -149,12 +177,14 @@ def _tool_versions() -> dict:
             "numpy": np.__version__, "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _io_contract(seq_len: int | None, config, num_labels: int) -> dict:
+def _io_contract(seq_len: int | None, config, num_labels: int, pooling: SentencePooling | None = None) -> dict:
     shape = [1, seq_len if seq_len else -1]
     inputs = [{"name": name, "dtype": "int32", "shape": shape}
               for name in ("input_ids", "attention_mask", "token_type_ids")]
     if num_labels:
         outputs = [{"name": "logits", "dtype": "float32", "shape": [1, num_labels]}]
+    elif pooling is not None:
+        outputs = [{"name": "sentence_embedding", "dtype": "float32", "shape": [1, config.hidden_size]}]
     else:
         outputs = [{"name": "sequence_output", "dtype": "float32", "shape": [*shape, config.hidden_size]},
                    {"name": "pooled_output", "dtype": "float32", "shape": [1, config.hidden_size]}]
@@ -177,8 +207,11 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     config, seq_len, mode = source.config, options.seq_len, options.quantize
     if seq_len is not None and seq_len > config.max_positions:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_positions} positions")
-    num_labels = _resolve_head(source, options.head)
+    num_labels, pooling = _resolve_head(source, options.head)
     labels = _labels(source, options, num_labels)
+    if options.layer_overrides:  # before the slow part: a pattern that matches no layer fails at once
+        check_overrides(expected_layer_names(config.num_layers, pooling is None, num_labels > 0),
+                        options.layer_overrides)
     tokenizer = bundle_tokenizer(source, seq_len)
     tokenizer_bytes = tokenizer.to_str(pretty=True).encode("utf-8")
 
@@ -199,24 +232,44 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                                           seq_len)
         calibration = lambda: iter(calibration_inputs)  # noqa: E731
 
-    log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size})")
-    model = build_bert(config, seq_len, num_labels)
+    embedder = f", {pooling.mode.value} pooling{' + normalize' if pooling.normalize else ''}" if pooling else ""
+    log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size}{embedder})")
+    model = build_bert(config, seq_len, num_labels, pooling=pooling)
     unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
     exported = model
     if mode is QuantizeMode.INT8:  # the same weights with an int8-friendly mask bias (see model.py)
-        exported = build_bert(config, seq_len, num_labels, masked_score=INT8_MASKED_SCORE)
+        exported = build_bert(config, seq_len, num_labels, masked_score=INT8_MASKED_SCORE, pooling=pooling)
         exported.set_weights(model.get_weights())
-    log(f"exporting {mode.value} (seq len {seq_len or 'dynamic'})")
+    # The TensorFlow converter exports the mode itself, or float32 for ai-edge-quantizer (dynamic-int4,
+    # per-layer overrides; converters/mixed_precision.py says which), which also steps in when an export
+    # misses its thresholds and the mixed-precision search may run.
+    by_converter = converter_makes_it(mode, options.compat, options.layer_overrides)
+    export_mode = mode if by_converter else QuantizeMode.FLOAT32
+    log(f"exporting {export_mode.value} (seq len {seq_len or 'dynamic'})")
     with native_output_silenced():
-        model_bytes = export_tflite(exported, seq_len, mode, calibration, options.compat)
+        model_bytes = export_tflite(exported, seq_len, export_mode, calibration, options.compat)
+
+    def export_float32() -> bytes:
+        with native_output_silenced():
+            return export_tflite(exported, seq_len, QuantizeMode.FLOAT32)
 
     log("validating against the float model")
     validation_inputs = _encode_each(tokenizer, _texts(options.validation_size), seq_len)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
+        check = ExportCheck(model, validation_inputs, mode)
+        quantized = finish_export(
+            model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
+            options.mixed_precision_budget, check, Path(scratch), log)
+        model_bytes, validation = quantized.model, quantized.validation
+        # A sentence embedding carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
+        model_bytes, mediapipe = mediapipe_metadata.for_convert(
+            model_bytes, head="classifier" if num_labels else "sentence-embedding" if pooling else "encoder",
+            tokenizer=tokenizer, labels=labels, lowercase=source.lowercase, seq_len=seq_len, name=out_dir.name, log=log)
+        if quantized.summary:
+            log(quantized.summary)
         model_path = Path(scratch) / bundle.MODEL_FILE
         model_path.write_bytes(model_bytes)
         tflite = TFLiteModel(model_path)
-        validation = validate_export(model, tflite, validation_inputs, mode)
         golden = golden_examples(tflite, tokenizer, seq_len, mode)
         ops = tflite.op_names()
         runtime = tflite.runtime.describe()
@@ -242,14 +295,19 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                    "variant": variant.name if variant else None, "random_weights": source.random_weights,
                    "unused_variables": unused, "history": source.history},
         "model": config.to_dict(),
-        "head": "classifier" if num_labels else "encoder",
+        "head": "classifier" if num_labels else "sentence-embedding" if pooling else "encoder",
         "labels": labels,
+        **({"sentence_embedding": pooling.to_manifest()} if pooling else {}),
         "recipe": {"name": options.recipe_name, "quantize": mode.value, "seq_len": seq_len or "dynamic",
                    "compat": options.compat.value if options.compat else None,
-                   "calibration": (str(options.calibration_file or "samples/") if mode is QuantizeMode.INT8 else None)},
-        "io": _io_contract(seq_len, config, num_labels),
-        "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size},
+                   "calibration": (str(options.calibration_file or "samples/") if mode is QuantizeMode.INT8 else None),
+                   "overrides": [{"layers": o.layers, "precision": o.precision.value} for o in options.layer_overrides]},
+        "io": _io_contract(seq_len, config, num_labels, pooling),
+        "mediapipe": mediapipe,
+        "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size,
+                      "max_word_chars": source.max_word_chars},
         "ops": ops,
+        "quantization": quantized.manifest,
         "validation": {**validation, "runtime": runtime},
         **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},

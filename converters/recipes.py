@@ -12,8 +12,11 @@ followed by the export:
     heads = 0.5
     [[steps]]
     kind = "trim-vocab"      # max_tokens, min_count, keep_characters, keep_predictions
-    [convert]                # ConvertOptions: quantize, seq_len, compat
+    [convert]                # ConvertOptions: quantize, seq_len, compat, mixed_precision, mixed_precision_budget
     quantize = "dynamic-int8"
+    [[convert.overrides]]    # per-layer precision (dynamic-int8 / dynamic-int4; converters/quantize.py)
+    layers = "layer_[0-2]/output"   # a regular expression matching whole layer names
+    precision = "float32"           # float32, int8 or int4
 
 The shipped recipes live in `converters/recipes/NAME.toml`; `--recipe` also takes a path to one's own
 file. Every step's output goes to `OUT.recipe-work/NN-kind/` with a record of what made it, so an
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 try:
     import tomllib
@@ -42,7 +46,7 @@ _PRUNE_KEYS = {"heads": "heads_fraction", "ffn": "ffn_fraction", "drop_layers": 
                "examples": "max_examples"}
 _TRIM_KEYS = {"max_tokens": "max_tokens", "min_count": "keep_min_count", "keep_characters": "keep_characters",
               "keep_predictions": "keep_predictions"}
-_CONVERT_KEYS = ("quantize", "seq_len", "compat")
+_CONVERT_KEYS = ("quantize", "seq_len", "compat", "mixed_precision", "mixed_precision_budget", "overrides")
 
 
 @dataclass(frozen=True)
@@ -149,10 +153,11 @@ def _step_options(step: Step, recipe: Recipe, overrides: dict | None = None):
 
 def convert_options(recipe: Recipe, chosen: dict, **extra):
     """ConvertOptions from the recipe's [convert] table. `chosen` holds the command line's quantize,
-    seq_len and compat (None where not given): given ones win over the recipe's. `extra` goes to
-    ConvertOptions as it is (force, labels, eval_file, ...)."""
+    seq_len, compat, mixed_precision and mixed_precision_budget (None where not given): given ones win
+    over the recipe's. `extra` goes to ConvertOptions as it is (force, labels, eval_file, ...)."""
     from converters.export import Compat, QuantizeMode
     from converters.pipeline import ConvertOptions, parse_seq_len
+    from converters.quantize import parse_overrides
 
     values = {**recipe.convert, **{k: v for k, v in chosen.items() if v is not None}}
     if "quantize" in values:
@@ -161,6 +166,17 @@ def convert_options(recipe: Recipe, chosen: dict, **extra):
         extra["seq_len"] = parse_seq_len(str(values["seq_len"]))
     if "compat" in values:
         extra["compat"] = Compat.parse(values["compat"])
+    if "mixed_precision" in values:
+        if not isinstance(values["mixed_precision"], bool):
+            raise UsageError(f"mixed_precision must be true or false, got {values['mixed_precision']!r}")
+        extra["mixed_precision"] = values["mixed_precision"]
+    if "mixed_precision_budget" in values:
+        budget = values["mixed_precision_budget"]
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise UsageError(f"mixed_precision_budget must be a number between 0 and 1, got {budget!r}")
+        extra["mixed_precision_budget"] = float(budget)
+    if "overrides" in recipe.convert:
+        extra["layer_overrides"] = parse_overrides(recipe.convert["overrides"], recipe.path)
     return ConvertOptions(recipe_name=recipe.name, **extra)
 
 
@@ -202,7 +218,7 @@ def run_steps(recipe: Recipe, source_path: str | Path, work_dir: Path, inputs: R
         stamp = work_dir / f"{number:02d}-{step.kind}.json"
         source = load_source(current)
         fingerprint = _fingerprint(step, source.sha256, inputs, overrides)
-        if out.is_dir() and stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
+        if out.is_dir() and _read_stamp(stamp) == fingerprint:
             log(f"step {number}/{len(recipe.steps)} {step.kind}: done before, reusing {out}")
             current = out
             continue
@@ -225,9 +241,19 @@ def run_steps(recipe: Recipe, source_path: str | Path, work_dir: Path, inputs: R
                 trimmed, report = vocab_trim.trim_vocabulary(source, texts, **options)
             log(f"vocab {report['original_vocab_size']:,} -> {report['vocab_size']:,} tokens")
             vocab_trim.write_trimmed(trimmed, report, out)
-        stamp.write_text(json.dumps(fingerprint, indent=2) + "\n")
+        partial = stamp.with_name(f".{stamp.name}.tmp-{os.getpid()}")  # a kill never leaves half a stamp
+        partial.write_text(json.dumps(fingerprint, indent=2) + "\n")
+        os.replace(partial, stamp)
         current = out
     return current
+
+
+def _read_stamp(path: Path):
+    """A step's stamp, or None when it is missing or unreadable (then the step is redone)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def run_recipe(recipe: Recipe, source_path: str | Path, out_dir: Path, inputs: RecipeInputs, options, *,

@@ -4,7 +4,8 @@ a tokenizer recipe.
 Accepted: a Google checkpoint directory (bert_config.json, vocab.txt, bert_model.ckpt.*), a checkpoint
 prefix, its zip, a fine-tuned run_classifier checkpoint (top-level output_weights/output_bias), a
 Hugging Face directory (config.json + model.safetensors, or pytorch_model.bin through torch's
-weights_only loader), or a variant name, fetched into the cache.
+weights_only loader; a sentence-transformers folder also brings its pooling, see
+converters/sentence_embedding.py), or a variant name, fetched into the cache.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import google_checkpoint
+from converters import google_checkpoint, sentence_embedding
 from converters.config import BertConfig
 from edgebert import tokenizer as tokenization
 from edgebert.bundle import file_sha256
@@ -35,11 +36,16 @@ class Source:
     vocab: list[str] | None = None
     tokenizer_json: Path | None = None
     labels: list[str] = field(default_factory=list)
+    # Words longer than this become [UNK]: 200 for Google's tokenizer, a Hugging Face tokenizer.json's own
+    # max_input_chars_per_word (100 for HF's BertTokenizer with only a vocab.txt).
+    max_word_chars: int = tokenization.GOOGLE_MAX_WORD_CHARS
     sha256: str = ""
     random_weights: bool = False
     # What edgebert did to make these weights (fine-tuning, pruning, trimming), oldest first; the
     # bundle's manifest carries it.
     history: list[dict] = field(default_factory=list)
+    # A sentence-transformers folder's pooling (modules.json + 1_Pooling/config.json); None otherwise.
+    sentence_pooling: sentence_embedding.SentencePooling | None = None
 
     @property
     def num_labels(self) -> int:
@@ -97,12 +103,23 @@ def load_google_directory(directory: Path, lowercase: bool | None = None, prefix
     record = google_checkpoint.read_source_record(directory)
     if lowercase is None:
         lowercase = record.get("lowercase", not tokenization.vocab_is_cased(vocab))
+    max_word_chars = _record_max_word_chars(record, tokenization.GOOGLE_MAX_WORD_CHARS, directory)
     files = [config_path, vocab_path, *prefix.parent.glob(prefix.name + ".*")]
     return Source(path=directory, kind="google-checkpoint", config=config, weights=weights, lowercase=bool(lowercase),
                   vocab=vocab, sha256=directory_sha256(files), labels=[str(x) for x in record.get("labels", [])],
+                  max_word_chars=max_word_chars,
                   random_weights=(directory / google_checkpoint.RANDOM_MARKER).is_file()
                   or bool(record.get("random_init")),
                   history=list(record.get("history", [])))
+
+
+def _record_max_word_chars(record: dict, default: int, directory: Path) -> int:
+    """The word-length limit an edgebert record states (written with the model), else `default`."""
+    max_word_chars = record.get("max_word_chars", default)
+    if isinstance(max_word_chars, bool) or not isinstance(max_word_chars, int) or max_word_chars < 1:
+        raise SourceError(f"edgebert record has a bad max_word_chars {max_word_chars!r}",
+                          directory / google_checkpoint.SOURCE_RECORD)
+    return max_word_chars
 
 
 def load_google_zip(zip_path: Path, lowercase: bool | None = None) -> Source:
@@ -196,15 +213,25 @@ def load_hf_directory(directory: Path, lowercase: bool | None = None) -> Source:
         _vocab_matches(config, vocab, vocab_path)
     elif not tokenizer_json.is_file():
         raise SourceError("Hugging Face directory has neither vocab.txt nor tokenizer.json", directory)
+    max_word_chars = tokenization.HF_MAX_WORD_CHARS  # transformers' BertTokenizer, from vocab.txt
+    if tokenizer_json.is_file():  # what transformers' BertTokenizerFast uses: the file's own setting
+        max_word_chars = tokenization.max_word_chars(tokenization.load_tokenizer(tokenizer_json), tokenizer_json)
+    # A folder edgebert wrote (fine-tuned, pruned, trimmed) carries its record: casing, limit, history.
+    record = google_checkpoint.read_source_record(directory)
+    max_word_chars = _record_max_word_chars(record, max_word_chars, directory)
     if lowercase is None:
-        lowercase = _hf_lowercase(directory, vocab)
+        lowercase = record.get("lowercase")
+        lowercase = lowercase if isinstance(lowercase, bool) else _hf_lowercase(directory, vocab)
     num_labels = weights["output_weights"].shape[0] if "output_weights" in weights else 0
     id2label = raw_config.get("id2label") or {}
     labels = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(num_labels)]
+    pooling = sentence_embedding.read_sentence_pooling(directory, config.hidden_size)
     files = [config_path, weights_path] + [p for p in (vocab_path, tokenizer_json) if p.is_file()]
+    files += sentence_embedding.files(directory) if pooling else []
     return Source(path=directory, kind=kind, config=config, weights=weights, lowercase=lowercase, vocab=vocab,
                   tokenizer_json=tokenizer_json if tokenizer_json.is_file() else None, labels=labels,
-                  sha256=directory_sha256(files))
+                  max_word_chars=max_word_chars, sha256=directory_sha256(files), sentence_pooling=pooling,
+                  random_weights=bool(record.get("random_init")), history=list(record.get("history", [])))
 
 
 def _hf_lowercase(directory: Path, vocab: list[str] | None) -> bool:

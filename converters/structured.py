@@ -29,9 +29,11 @@ The method, in three steps:
    the remaining ones are renumbered layer_0, layer_1, ... Kept heads and neurons keep their order.
    The result is a new Source whose config carries per-layer shapes (`layer_heads`,
    `layer_intermediate_sizes`); the model builder and the converter follow them.
-3. `write_pruned(source, out_dir)`: a Google-style checkpoint directory (bert_config.json with
-   edgebert's per-layer keys, vocab.txt, the checkpoint, and the history record that `edgebert convert`
-   carries into the bundle's manifest).
+3. `write_pruned(source, out_dir)`: a checkpoint directory in the source's format (Hugging Face's
+   config.json + model.safetensors for a Hugging Face source, else Google's bert_config.json and
+   checkpoint; converters/hf_checkpoint.py), the config with edgebert's per-layer keys, the vocab, and
+   the record (labels, casing, word-length limit, history) that `edgebert convert` carries into the
+   bundle's manifest.
 
 Removing heads and neurons is exact in one sense: the pruned model computes what the original computes
 with the removed heads' attention-output rows and the removed neurons' output rows set to zero (the
@@ -49,11 +51,11 @@ from typing import Callable
 
 import numpy as np
 
-from converters import google_checkpoint
+from converters import google_checkpoint, hf_checkpoint
 from converters.config import BertConfig
 from converters.sources import Source, check_weights_match
 from edgebert.tasks import TaskData
-from edgebert.errors import OutputError, UsageError
+from edgebert.errors import UsageError
 
 IMPORTANCE_METHOD = ("first-order Taylor (Molchanov et al. 2019): |sum over the group of w * dL/dw| of the "
                      "task's cross-entropy, per batch, summed over batches, divided by the examples")
@@ -303,15 +305,15 @@ def prune_structure(source: Source, scores: StructureScores, *, heads_fraction: 
     return pruned, record
 
 
-def write_pruned(source: Source, out_dir: str | Path, force: bool = False) -> Path:
-    """Write a pruned source as a Google-style checkpoint directory that `edgebert convert`, `edgebert
-    finetune` and `load_source` read, with its labels, lower-casing and history."""
-    from converters.vocab_trim import source_vocab
-
+def write_pruned(source: Source, out_dir: str | Path, force: bool = False,
+                 output: hf_checkpoint.CheckpointOutput | None = None) -> Path:
+    """Write a pruned source, in its source's format, as a checkpoint directory that `edgebert convert`,
+    `edgebert finetune` and `load_source` read, with its labels, lower-casing, word-length limit and
+    history. `output`: the plan `hf_checkpoint.prepare_output` made before the work (else made now)."""
+    output = output or hf_checkpoint.prepare_output(source, out_dir, force=force)
     record = {"lowercase": source.lowercase, "labels": source.labels, "random_init": source.random_weights,
-              "history": source.history}
-    return google_checkpoint.write_checkpoint_directory(Path(out_dir), source.config, source.weights,
-                                                        source_vocab(source), record=record, force=force)
+              "max_word_chars": source.max_word_chars, "history": source.history}
+    return output.write(source.config, source.weights, record)
 
 
 def prune_to_directory(source_path: str | Path, task_path: str | Path, out_dir: str | Path, *,
@@ -324,17 +326,18 @@ def prune_to_directory(source_path: str | Path, task_path: str | Path, out_dir: 
     from converters.sources import load_source
     from edgebert.tasks import load_task
 
+    from edgebert.bundle import check_output_dir
+
     out_dir = Path(out_dir)
     check_options(None, heads_fraction, ffn_fraction, drop_layers)
     _positive_int(max_examples, "--examples")
-    if out_dir.exists() and not force:
-        raise OutputError("already exists (pass --force to replace it)", out_dir)
+    check_output_dir(out_dir, force)
     log(f"reading {source_path}")
     source = load_source(source_path)
     check_options(source.config, heads_fraction, ffn_fraction, drop_layers)
     seq_len = min(128, source.config.max_positions) if seq_len is None else seq_len
     _check_seq_len(source.config, seq_len)
-    source.config.to_google_json()  # a config bert_config.json cannot express fails now, not after scoring
+    output = hf_checkpoint.prepare_output(source, out_dir, force=force)  # what could fail, before the scoring
     log(f"reading {task_path}")
     task_data = load_task(task_path)
     check_task(source, task_data)
@@ -345,5 +348,5 @@ def prune_to_directory(source_path: str | Path, task_path: str | Path, out_dir: 
     pruned, record = prune_structure(source, scores, heads_fraction=heads_fraction, ffn_fraction=ffn_fraction,
                                      drop_layers=drop_layers)
     log(f"writing {out_dir}")
-    write_pruned(pruned, out_dir, force=force)
+    write_pruned(pruned, out_dir, force=force, output=output)
     return pruned, record

@@ -10,7 +10,11 @@ One variant's weights are in memory at a time (Base in float32 is ~440 MB). Ever
 
 A rerun skips cells whose key (source digest, recipe, bench settings, edgebert version) is unchanged
 and whose result is a success; it redoes failed and interrupted ones. A failure in one cell is recorded
-with its one-line error and the sweep goes on.
+with its one-line error and the sweep goes on; a failure to write into DIR (a full disk, a read-only
+place) stops the sweep with one line instead, since every later cell would fail the same way.
+
+One sweep at a time writes a directory: the run holds the lock `.DIR.lock` beside it (edgebert.bundle's
+output_lock), and a second sweep of the same directory fails at once, naming it.
 """
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ from converters.pipeline import ConvertOptions, convert
 from converters.sources import Source, load_source
 from converters.vocab import synthetic_vocab
 from edgebert import __version__
-from edgebert.bundle import MANIFEST_FILE, read_bundle, to_json_bytes
+from edgebert.bundle import MANIFEST_FILE, output_lock, read_bundle, to_json_bytes
 from edgebert.device_info import device_facts
-from edgebert.errors import EdgebertError, UsageError
+from edgebert.errors import EdgebertError, OutputError, UsageError
 from edgebert.fetch import cached_checkpoint, fetch_checkpoint
 from edgebert.results import BENCH_SCHEMA
 from edgebert.variants import Variant
@@ -60,10 +64,19 @@ class SweepPlan:
 
 
 def _atomic_write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON beside `path`, fsync it, rename it into place; a failure is one OutputError naming `path`
+    and leaves the previous file as it was."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_bytes(to_json_bytes(data))
-    os.replace(temp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as handle:
+            handle.write(to_json_bytes(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write: {error.strerror or error}", path) from None
 
 
 def resolve_checkpoint(variant: Variant, plan: SweepPlan, out_dir: Path, log: Log) -> Path:
@@ -135,10 +148,18 @@ def _one_line(error: BaseException) -> str:
 
 def run_sweep(plan: SweepPlan, out_dir: str | Path, log: Log = lambda message: None) -> dict:
     """Run (or resume) the sweep; returns the results file dict, also written to DIR/results.json."""
+    out_dir = Path(out_dir)
+    with output_lock(out_dir):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create the sweep directory: {error.strerror}", out_dir) from None
+        return _run_sweep(plan, out_dir, log)
+
+
+def _run_sweep(plan: SweepPlan, out_dir: Path, log: Log) -> dict:
     from edgebert.bench import bench_in_fresh_process
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
     _atomic_write(out_dir / "sweep.json", {"plan": {**asdict(plan), "variants": [v.name for v in plan.variants],
                                                     "modes": [m.value for m in plan.modes],
@@ -150,6 +171,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, log: Log = lambda message: N
         source = None
         try:
             source = load_source(resolve_checkpoint(variant, plan, out_dir, log))
+        except OutputError:  # DIR cannot be written (full, read-only): every cell would fail the same way
+            raise
         except Exception as error:  # noqa: BLE001 - a sweep records a broken variant and goes on
             message = _one_line(error)
             log(f"{variant.short_name}: cannot get a checkpoint: {message}")
@@ -172,6 +195,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, log: Log = lambda message: N
                 try:
                     convert(source.path, bundle_dir, ConvertOptions(quantize=mode, seq_len=plan.seq_len, force=True),
                             source=source)
+                except OutputError:
+                    raise
                 except Exception as error:  # noqa: BLE001
                     conversion_error = _one_line(error)
             for index, threads, cell, key in pending:

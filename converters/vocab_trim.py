@@ -43,7 +43,9 @@ that must keep its labels on the corpus: it gives back the dropped pieces of eve
 label changed and trims again, round by round, until none changes (see its docstring).
 
 `load_corpus(paths)` reads corpus files (GLUE-style TSVs, or `.txt` with one sentence per line);
-`write_trimmed(source, report, out_dir)` writes the trimmed source as a Google checkpoint directory.
+`write_trimmed(source, report, out_dir)` writes the trimmed source in its source's format (a Hugging Face
+folder, with a tokenizer.json for the new vocab and a sentence-transformers model's pooling files, or a
+Google checkpoint directory; converters/hf_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import google_checkpoint
+from converters import hf_checkpoint
 from converters.sources import Source
 from edgebert.tasks import load_task, read_utf8
 from edgebert import tokenizer as tokenization
@@ -88,9 +90,11 @@ def source_vocab(source: Source) -> list[str]:
     return [token for token, _ in by_id]
 
 
-def word_piece_ids(vocab: list[str], lowercase: bool, texts: Sequence) -> list[list[int]]:
-    """The word-piece ids of every text segment (a pair counts as its two segments), untruncated."""
-    tokenizer = tokenization.build_tokenizer(vocab, lowercase=lowercase, seq_len=None)
+def word_piece_ids(vocab: list[str], lowercase: bool, texts: Sequence,
+                   max_word_chars: int = tokenization.GOOGLE_MAX_WORD_CHARS) -> list[list[int]]:
+    """The word-piece ids of every text segment (a pair counts as its two segments), untruncated.
+    `max_word_chars`: the source's word-length limit (`Source.max_word_chars`)."""
+    tokenizer = tokenization.build_tokenizer(vocab, lowercase=lowercase, seq_len=None, max_word_chars=max_word_chars)
     tokenizer.no_truncation()  # a corpus text over 512 pieces must still count all of its pieces
     segments = _segments(texts)
     return [encoding.ids for encoding in tokenizer.encode_batch(segments, add_special_tokens=False)]
@@ -162,7 +166,7 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
                          f"(keep_characters={keep_characters.value}) and extra tokens need {len(required)} rows "
                          f"({len(tokenization.SPECIAL_TOKENS)} special, {len(characters)} character, {extra} extra)")
 
-    pieces = word_piece_ids(vocab, source.lowercase, corpus_texts)
+    pieces = word_piece_ids(vocab, source.lowercase, corpus_texts, source.max_word_chars)
     counts = Counter(i for ids in pieces for i in ids)
     # Corpus pieces by decreasing frequency (ties by original id), as many as the budget leaves room for.
     candidates = sorted((i for i, n in counts.items() if n >= keep_min_count and i not in required),
@@ -196,7 +200,7 @@ def trim_vocabulary(source: Source, corpus_texts: Sequence, *, keep_min_count: i
     # Re-tokenize the corpus with the trimmed vocab: when every piece it used was kept it must be
     # identical, piece for piece (see the module docstring); otherwise count what changed.
     original_id = kept_ids.tolist()  # new id -> original id
-    retokenized = word_piece_ids(new_vocab, source.lowercase, corpus_texts)
+    retokenized = word_piece_ids(new_vocab, source.lowercase, corpus_texts, source.max_word_chars)
     differs = [old != [original_id[i] for i in new] for old, new in zip(pieces, retokenized)]
     changed = sum(differs)
     if set(counts) <= kept and changed:
@@ -266,7 +270,7 @@ def trim_keeping_predictions(source: Source, corpus_texts: Sequence, predict: Pr
     unlabelled text). `predict` is `converters.finetune.predict_labels` in the converter; the report
     gains "kept_predictions" with the rounds, the pieces given back and the texts compared."""
     vocab = source_vocab(source)
-    original = word_piece_ids(vocab, source.lowercase, corpus_texts)
+    original = word_piece_ids(vocab, source.lowercase, corpus_texts, source.max_word_chars)
     segment_text = [index for index, text in enumerate(corpus_texts)
                     for _ in (text if isinstance(text, tuple) else (text,))]
     given_back = set(options.pop("extra_tokens", ()))
@@ -282,7 +286,7 @@ def trim_keeping_predictions(source: Source, corpus_texts: Sequence, predict: Pr
                              f"{len(given_back):,} pieces whose loss changes a label, with the special tokens "
                              f"and characters, do not fit") from None
         kept_original_ids = id_mapping(vocab, trimmed.vocab).tolist()
-        retokenized = word_piece_ids(trimmed.vocab, source.lowercase, corpus_texts)
+        retokenized = word_piece_ids(trimmed.vocab, source.lowercase, corpus_texts, source.max_word_chars)
         changed = sorted({segment_text[k] for k, (old, new) in enumerate(zip(original, retokenized))
                           if old != [kept_original_ids[i] for i in new]})
         unknown = [i for i in changed if i not in labels_before]
@@ -307,17 +311,17 @@ def trim_keeping_predictions(source: Source, corpus_texts: Sequence, predict: Pr
 
 
 def write_trimmed(source: Source, report: dict, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Write a trimmed Source (as `trim_vocabulary` returned it, with its report) as a Google checkpoint
-    directory that `load_source` and `edgebert convert` read; its record carries the source's history,
-    whose last entry is the trim's report. Atomic; an existing out_dir needs force."""
+    """Write a trimmed Source (as `trim_vocabulary` returned it, with its report) in its source's format
+    (Hugging Face's for a Hugging Face source, keeping a sentence-transformers model's pooling files, else
+    Google's layout) as a directory that `load_source` and `edgebert convert` read; its record carries
+    the source's history, whose last entry is the trim's report. Atomic; an existing out_dir needs force."""
     last = source.history[-1] if source.history else {}
     if last != {"step": TRIM_STEP, **report} or report.get("vocab_size") != source.config.vocab_size:
         raise UsageError("write_trimmed takes the Source that trim_vocabulary returned, with its report")
-    return google_checkpoint.write_checkpoint_directory(
-        Path(out_dir), source.config, source.weights, source_vocab(source),
-        record={"lowercase": source.lowercase, "labels": source.labels, "random_init": source.random_weights,
-                "history": source.history},
-        force=force)
+    output = hf_checkpoint.prepare_output(source, out_dir, force=force, keep_sentence_pooling=True)
+    return output.write(source.config, source.weights,
+                        {"lowercase": source.lowercase, "labels": source.labels, "random_init": source.random_weights,
+                         "max_word_chars": source.max_word_chars, "history": source.history})
 
 
 def read_corpus_file(path: str | os.PathLike) -> list:

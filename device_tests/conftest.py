@@ -84,17 +84,6 @@ def bundle(request):
         pytest.fail(str(error), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def model(bundle, settings):
-    from edgebert.errors import EdgebertError
-    from edgebert.interpreter import TFLiteModel
-
-    try:
-        return TFLiteModel(bundle.model_path, num_threads=settings.threads)
-    except EdgebertError as error:
-        pytest.fail(str(error), pytrace=False)
-
-
 def pytest_terminal_summary(terminalreporter, config):
     settings = getattr(config, "edgebert_device", None)
     if settings and settings.measurements:

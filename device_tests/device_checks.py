@@ -146,7 +146,9 @@ def check_budget(measured: dict, limits: dict) -> list[str]:
 # --- golden outputs ------------------------------------------------------------------------------------
 
 def _describe(index: int, example: dict) -> str:
-    text = example.get("text", "")
+    if not isinstance(example, dict):
+        return f"example {index} (not an object: {type(example).__name__})"
+    text = str(example.get("text", ""))
     if example.get("text_pair") is not None:
         text = f"{text} | {example['text_pair']}"
     short = text if len(text) <= 40 else text[:40] + "..."
@@ -190,42 +192,73 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
 
 
-def check_golden(bundle, model) -> list[str]:
-    """Run each golden example's ids through `model`; compare with the recorded outputs."""
+# What a malformed golden.json (or a model that fails on its ids) raises while one example is checked:
+# reported as that example's problem, never as an error of the suite.
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError)
+
+
+def check_golden(bundle, model=None, outputs: list | None = None) -> list[str]:
+    """Run each golden example's ids through `model` (or take `outputs[i]`, the outputs a child process
+    got for example i: {"outputs": {name: values}} or {"error": "..."}); compare with the recorded
+    outputs. A malformed example is a problem of its own, not an error."""
+    from edgebert.errors import EdgebertError
+
     golden = bundle.golden
-    min_cosine = float((golden.get("tolerance") or {}).get("min_cosine", 0.999))
+    try:
+        min_cosine = float((golden.get("tolerance") or {}).get("min_cosine", 0.999))
+    except MALFORMED as error:
+        return [f"golden.json tolerance is malformed ({error})"]
     examples = golden.get("examples") or []
+    if not isinstance(examples, list):
+        return [f"golden.json examples is {type(examples).__name__}, not a list"]
     if not examples:
         return ["golden.json has no examples"]
     problems = []
     for index, example in enumerate(examples):
-        inputs = golden_inputs(example)
-        length = int(inputs["attention_mask"].sum())
-        outputs = model(**inputs)
-        for name, recorded in (example.get("outputs") or {}).items():
-            if name not in outputs:
-                problems.append(f"{_describe(index, example)}: the model has no output {name!r} "
-                                f"(it has {', '.join(sorted(outputs))})")
+        try:
+            if outputs is not None:
+                record = outputs[index]
+                if "error" in record:
+                    raise ValueError(record["error"])
+                got = {name: np.asarray(values, dtype=np.float32) for name, values in record["outputs"].items()}
+            else:
+                got = model(**golden_inputs(example))
+            problems.extend(_check_example(bundle, index, example, got, min_cosine))
+        except EdgebertError as error:  # the model failed on these ids
+            problems.append(f"{_describe(index, example)}: {error}")
+        except MALFORMED as error:
+            problems.append(f"{_describe(index, example)}: cannot be checked ({type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:200]})")
+    return problems
+
+
+def _check_example(bundle, index: int, example: dict, outputs: dict, min_cosine: float) -> list[str]:
+    problems = []
+    length = int(np.asarray(example["attention_mask"]).sum())
+    for name, recorded in (example.get("outputs") or {}).items():
+        if name not in outputs:
+            problems.append(f"{_describe(index, example)}: the model has no output {name!r} "
+                            f"(it has {', '.join(sorted(outputs))})")
+            continue
+        actual = _golden_view(name, np.asarray(outputs[name]), length)
+        expected = {f"{name}.{part}": values for part, values in recorded.items()} \
+            if isinstance(recorded, dict) else {name: recorded}
+        for label, want in expected.items():
+            want = np.asarray(want, dtype=np.float64)
+            got = np.asarray(actual.get(label), dtype=np.float64)
+            if got.shape != want.shape:
+                problems.append(f"{_describe(index, example)}: {label} has shape {got.shape}, "
+                                f"golden.json has {want.shape}")
                 continue
-            actual = _golden_view(name, np.asarray(outputs[name]), length)
-            expected = {f"{name}.{part}": values for part, values in recorded.items()} \
-                if isinstance(recorded, dict) else {name: recorded}
-            for label, want in expected.items():
-                want = np.asarray(want, dtype=np.float64)
-                got = np.asarray(actual.get(label), dtype=np.float64)
-                if got.shape != want.shape:
-                    problems.append(f"{_describe(index, example)}: {label} has shape {got.shape}, "
-                                    f"golden.json has {want.shape}")
-                    continue
-                cosine = _cosine(want, got)
-                if not cosine >= min_cosine:
-                    problems.append(f"{_describe(index, example)}: {label} cosine {cosine:.6f} "
-                                    f"< min_cosine {min_cosine:g}")
-                bound, why = max_abs_bound(bundle.manifest, name, want)
-                worst = float(np.abs(want - got).max(initial=0.0))
-                if bound is not None and not worst <= bound:
-                    problems.append(f"{_describe(index, example)}: {label} max |diff| {worst:.4g} "
-                                    f"> bound {bound:.4g} ({why})")
+            cosine = _cosine(want, got)
+            if not cosine >= min_cosine:
+                problems.append(f"{_describe(index, example)}: {label} cosine {cosine:.6f} "
+                                f"< min_cosine {min_cosine:g}")
+            bound, why = max_abs_bound(bundle.manifest, name, want)
+            worst = float(np.abs(want - got).max(initial=0.0))
+            if bound is not None and not worst <= bound:
+                problems.append(f"{_describe(index, example)}: {label} max |diff| {worst:.4g} "
+                                f"> bound {bound:.4g} ({why})")
     return problems
 
 
@@ -236,18 +269,36 @@ def check_tokenizer(bundle) -> list[str]:
     exactly golden.json's ids for each text (and text pair)."""
     from edgebert import tokenizer as tokenization
 
-    tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
+    from edgebert.errors import EdgebertError
+
+    try:
+        tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
+    except EdgebertError as error:
+        return [str(error)]
+    examples = bundle.golden.get("examples") or []
+    if not isinstance(examples, list):
+        return [f"golden.json examples is {type(examples).__name__}, not a list"]
     problems = []
-    for index, example in enumerate(bundle.golden.get("examples") or []):
-        pair = example.get("text_pair")
-        texts = [(example["text"], pair)] if pair is not None else [example["text"]]
-        encoded = tokenization.encode(tokenizer, texts, bundle.seq_len)
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
-            got, want = encoded[name][0].tolist(), list(example.get(name, []))
-            if got == want:
-                continue
-            position = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
-            at = (f"at position {position}: tokenizer gives {got[position] if position < len(got) else 'nothing'}, "
-                  f"golden.json has {want[position] if position < len(want) else 'nothing'}")
-            problems.append(f"{_describe(index, example)}: {name} differ {at} (lengths {len(got)}/{len(want)})")
+    for index, example in enumerate(examples):
+        try:
+            problems.extend(_check_ids(tokenization, tokenizer, bundle, index, example))
+        except (EdgebertError, *MALFORMED) as error:
+            problems.append(f"{_describe(index, example)}: cannot be checked ({type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:200]})")
+    return problems
+
+
+def _check_ids(tokenization, tokenizer, bundle, index: int, example: dict) -> list[str]:
+    problems = []
+    pair = example.get("text_pair")
+    texts = [(example["text"], pair)] if pair is not None else [example["text"]]
+    encoded = tokenization.encode(tokenizer, texts, bundle.seq_len)
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        got, want = encoded[name][0].tolist(), list(example.get(name, []))
+        if got == want:
+            continue
+        position = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+        at = (f"at position {position}: tokenizer gives {got[position] if position < len(got) else 'nothing'}, "
+              f"golden.json has {want[position] if position < len(want) else 'nothing'}")
+        problems.append(f"{_describe(index, example)}: {name} differ {at} (lengths {len(got)}/{len(want)})")
     return problems

@@ -33,6 +33,13 @@ What is measured, in order, in one process:
    (`TFLiteModel.delegate_partitions`, also reported as `xnnpack_partitions`). With `xnnpack=False` the
    interpreter uses the builtin op resolver without default delegates and this is False.
 7. peak RSS (VmHWM) and its growth over the baseline.
+8. with `soak=N`, after all of the above: N more calls on the SAME model (real text, cycled), with RSS
+   sampled about every N/200 calls (`SOAK_SAMPLES`): VmRSS, and from Linux's /proc/self/status RssAnon
+   (the heap: what a leak grows) and RssFile (mapped files, which the page cache decides). The first 10 %
+   of the calls settle caches and allocator pools; `soak.growth_mb` is each figure's change over the last
+   90 % (last sample minus the sample at 10 %), `max_growth_mb` its highest point over that reference,
+   and `slope_kb_per_1000` the least-squares slope of the last 90 %'s samples. The p50 latency of the
+   first and the last 10 % of the calls shows a slowdown, if any. `soak_summary` does the arithmetic.
 """
 from __future__ import annotations
 
@@ -49,16 +56,18 @@ from edgebert.errors import BundleError, EdgebertError, UsageError
 from edgebert.results import BENCH_SCHEMA, check_result
 
 DEFAULTS = {"threads": 1, "runs": 50, "warmup": 5, "seq_len": None, "xnnpack": True, "runtime": "auto",
-            "inputs_file": None, "weight_cache": None}
+            "inputs_file": None, "weight_cache": None, "soak": None}
 OVERHEAD_PAIRS = 20
 MB = 1e6
+SOAK_SAMPLES = 200  # RSS samples over a soak (about one every N/200 calls)
+SOAK_SETTLE = 0.1  # the share of a soak's calls before the reference sample
 _RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 
 
 # --- options and bundles, checked before anything is measured -------------------------------------------
 
 def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, runtime="auto",
-                  inputs_file=None, weight_cache=None) -> dict:
+                  inputs_file=None, weight_cache=None, soak=None) -> dict:
     """The options as a plain dict, or a one-line UsageError for a value that cannot work."""
     def integer(name, value, least):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -68,6 +77,8 @@ def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, r
     integer("warmup", warmup, 0)
     if seq_len is not None:
         integer("seq_len", seq_len, 3)
+    if soak is not None:
+        integer("soak", soak, 10)
     if runtime not in _RUNTIME_CHOICES:
         raise UsageError(f"unknown runtime {runtime!r} (choose from {', '.join(_RUNTIME_CHOICES)})")
     if weight_cache is not None and not xnnpack:
@@ -76,7 +87,7 @@ def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, r
         raise UsageError(f"--weight-cache must be a directory: {weight_cache} is a file")
     return {"threads": threads, "runs": runs, "warmup": warmup, "seq_len": seq_len, "xnnpack": bool(xnnpack),
             "runtime": runtime, "inputs_file": None if inputs_file is None else os.fspath(inputs_file),
-            "weight_cache": None if weight_cache is None else os.fspath(weight_cache)}
+            "weight_cache": None if weight_cache is None else os.fspath(weight_cache), "soak": soak}
 
 
 def weight_cache_file(cache_dir, bundle) -> Path:
@@ -156,6 +167,20 @@ def _proc_status_kb(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _proc_status_fields(fields: tuple[str, ...]) -> dict[str, int] | None:
+    """Several /proc/self/status figures (kB) from one read, or None where there is no such file."""
+    found = {}
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in fields:
+                    found[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return found if len(found) == len(fields) else None
 
 
 def _maxrss_bytes() -> int | None:
@@ -244,7 +269,8 @@ def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int):
 
 
 def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 5, seq_len: int | None = None,
-                 xnnpack: bool = True, runtime: str = "auto", inputs_file=None, weight_cache=None) -> dict:
+                 xnnpack: bool = True, runtime: str = "auto", inputs_file=None, weight_cache=None,
+                 soak: int | None = None) -> dict:
     """Measure one bundle in this process; return one result (see the module docstring and edgebert.results)."""
     import numpy as np
 
@@ -252,7 +278,7 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
     from edgebert.interpreter import TFLiteModel, find_runtime
 
     options = check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=xnnpack,
-                            runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache)
+                            runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
     before_runtime = _Memory().current()
     found = find_runtime(runtime)  # imported before the baseline: its cost is reported on its own
     memory = _Memory()
@@ -260,7 +286,8 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
     bundle = read_bundle(bundle_dir)
     facts = bundle_facts(bundle)
     length = resolve_seq_len(bundle, seq_len)
-    feeds, tokenize_ms, tokens_mean = _prepare_inputs(bundle, length, inputs_file, runs + warmup + 1)
+    feeds, tokenize_ms, tokens_mean = _prepare_inputs(bundle, length, inputs_file,
+                                                       runs + warmup + 1 + (soak or 0))
     order = [feeds[i % len(feeds)] for i in range(1 + warmup + runs)]  # a different sentence each call
     cycle = iter(order)
 
@@ -290,6 +317,7 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
 
     overhead_ms, invoke_ms = _python_overhead(model, order[1:], min(runs, OVERHEAD_PAIRS))
     peak = memory.peak()
+    soaked = None if soak is None else run_soak(model, feeds, soak)
     mean = latency["mean"]
     result = {
         "bundle": facts,
@@ -299,7 +327,8 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
                      "distinct_inputs": len(feeds), "tokens_mean": _round(tokens_mean, 2),
                      "weight_cache": (None if cache is None else
                                       {"file": str(cache), "warm": cache_was_warm,
-                                       "bytes": cache.stat().st_size if cache.is_file() else None})},
+                                       "bytes": cache.stat().st_size if cache.is_file() else None}),
+                     **({"soak": soak} if soak is not None else {})},
         "runtime": {"name": found.name, "version": found.version},
         "xnnpack_applied": None if partitions is None else partitions > 0,
         "xnnpack_partitions": partitions,
@@ -318,8 +347,75 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pid": os.getpid(),
         "tensorflow_imported": tensorflow_imported(),
+        **({"soak": soaked} if soaked is not None else {}),
     }
     return check_result(result)
+
+
+# --- the soak: many calls on one model, memory sampled along the way -------------------------------------
+
+_SOAK_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+_SOAK_NAMES = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+
+
+def run_soak(model, feeds: list, calls: int) -> dict:
+    """`calls` inferences on `model`, cycling through `feeds`, sampling RSS (module docstring, step 8)."""
+    import numpy as np
+
+    every = max(1, calls // SOAK_SAMPLES)
+    # [calls done, VmRSS kB, RssAnon kB, RssFile kB], allocated up front: the sampler itself must not grow
+    samples = np.zeros((calls // every + 2, 1 + len(_SOAK_FIELDS)), dtype=np.int64)
+    taken = 0
+
+    def sample(done: int):
+        nonlocal taken
+        status = _proc_status_fields(_SOAK_FIELDS)
+        if status is not None:
+            samples[taken] = (done, *(status[field] for field in _SOAK_FIELDS))
+            taken += 1
+
+    timings = np.empty(calls, dtype=np.int64)
+    sample(0)
+    for index in range(calls):
+        feed = feeds[index % len(feeds)]
+        start = time.perf_counter_ns()
+        model(**feed)
+        timings[index] = time.perf_counter_ns() - start
+        if (index + 1) % every == 0 or index + 1 == calls:
+            sample(index + 1)
+    tenth = max(1, int(calls * SOAK_SETTLE))
+    return {**soak_summary(samples[:taken].tolist(), calls),
+            "p50_first_ms": _round(_ms(np.median(timings[:tenth]))),
+            "p50_last_ms": _round(_ms(np.median(timings[-tenth:])))}
+
+
+def soak_summary(samples: list, calls: int) -> dict:
+    """The soak's memory figures from its samples [calls done, VmRSS kB, RssAnon kB, RssFile kB]: for
+    each of rss, anon and file, the change over the last 90 % of the calls (last sample minus the first
+    sample at or after 10 %), the highest point over that reference, and the least-squares slope of the
+    last 90 %'s samples in kB per 1,000 calls. Without /proc (no samples) every figure is None."""
+    import numpy as np
+
+    base = {"calls": calls, "samples": len(samples), "settle_calls": int(calls * SOAK_SETTLE),
+            "method": "/proc/self/status VmRSS, RssAnon, RssFile" if samples else "unavailable"}
+    if len(samples) < 2:
+        return {**base, **{key: {name: None for name in _SOAK_NAMES.values()}
+                           for key in ("start_mb", "growth_mb", "max_growth_mb", "slope_kb_per_1000")}}
+    table = np.asarray(samples, dtype=np.float64)
+    after = table[table[:, 0] >= calls * SOAK_SETTLE]
+    if len(after) < 2:
+        after = table[-2:]
+    reference, last = after[0], after[-1]
+    figures = {"start_mb": {}, "growth_mb": {}, "max_growth_mb": {}, "slope_kb_per_1000": {}}
+    for column, field in enumerate(_SOAK_FIELDS, start=1):
+        name = _SOAK_NAMES[field]
+        figures["start_mb"][name] = _round(reference[column] * 1024 / MB, 3)
+        figures["growth_mb"][name] = _round((last[column] - reference[column]) * 1024 / MB, 3)
+        figures["max_growth_mb"][name] = _round((after[:, column].max() - reference[column]) * 1024 / MB, 3)
+        spread = after[:, 0] - after[:, 0].mean()
+        slope = float((spread * (after[:, column] - after[:, column].mean())).sum() / (spread ** 2).sum())
+        figures["slope_kb_per_1000"][name] = _round(slope * 1000, 3)
+    return {**base, **figures, "series": [[int(v) for v in row] for row in table[:: max(1, len(table) // 50)]]}
 
 
 def _python_overhead(model, feeds: list, pairs: int) -> tuple[float, float]:
@@ -489,12 +585,29 @@ def format_table(results_file: dict) -> str:
     lines = [line(_COLUMNS)]
     for row in rows:
         lines.append(line(row) if len(row) == len(_COLUMNS) else f"{row[0].ljust(widths[0])}  {row[1]}")
+    soaked = [result for result in results_file.get("results", []) if result.get("soak")]
+    if soaked:
+        lines.append("")
+    for result in soaked:
+        lines.append(describe_soak(result["bundle"].get("name", "?"), result["soak"]))
     device = results_file.get("device") or {}
     if device:
         lines.append("")
         lines.append(f"device: {device.get('cpu_model', 'unknown')}, {device.get('cores', '?')} cores, "
                      f"{device.get('system', '?')} {device.get('machine', '?')}, Python {device.get('python', '?')}")
     return "\n".join(lines)
+
+
+def describe_soak(name: str, soak: dict) -> str:
+    """One line: a soak's memory change over its last 90 % and its latency, first tenth against last."""
+    growth, peak = soak["growth_mb"], soak["max_growth_mb"]
+    if growth["anon"] is None:
+        memory = "memory not measurable here (no /proc/self/status)"
+    else:
+        memory = (f"anonymous RSS {growth['anon']:+.2f} MB (max {peak['anon']:+.2f}), total RSS {growth['rss']:+.2f} MB "
+                  f"(max {peak['rss']:+.2f}) over the last 90 %")
+    return (f"soak {name}: {soak['calls']:,} calls, {memory}; p50 {_fmt(soak.get('p50_first_ms'), '.2f')} ms "
+            f"in the first 10 %, {_fmt(soak.get('p50_last_ms'), '.2f')} ms in the last")
 
 
 # --- the worker: python -m edgebert.bench '<json options>' ----------------------------------------------

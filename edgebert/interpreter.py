@@ -101,6 +101,11 @@ def weight_cache_supported(runtime: Runtime) -> bool:
     return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {})
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
 class TFLiteModel:
     """A loaded model, called with a dict of int32 [1, S] inputs, returning a dict of outputs.
 
@@ -124,8 +129,8 @@ class TFLiteModel:
                 self.interpreter = self.runtime.module.Interpreter(**kwargs)
                 signatures = self.interpreter.get_signature_list()
                 self._runner = self.interpreter.get_signature_runner(SIGNATURE) if SIGNATURE in signatures else None
-        except (ValueError, RuntimeError) as error:
-            raise BundleError(f"not a loadable TFLite model ({str(error).strip().splitlines()[0]})",
+        except Exception as error:  # noqa: BLE001 - whatever a damaged file makes the loader raise
+            raise BundleError(f"not a loadable TFLite model ({_first_line(error)})",
                               self.path) from None
         if SIGNATURE not in signatures:
             raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
@@ -142,8 +147,8 @@ class TFLiteModel:
         try:
             with native_output_silenced():  # LiteRT lists the accelerators it could not load
                 self._runner = _CachedWeightsRunner(self.path, self.weight_cache, num_threads)
-        except (ValueError, RuntimeError) as error:
-            raise BundleError(f"not a loadable TFLite model ({str(error).strip().splitlines()[0]})",
+        except Exception as error:  # noqa: BLE001 - whatever a damaged file makes the loader raise
+            raise BundleError(f"not a loadable TFLite model ({_first_line(error)})",
                               self.path) from None
         signatures = self._runner.signatures
         if SIGNATURE not in signatures:
@@ -156,12 +161,18 @@ class TFLiteModel:
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         # Fed by name: the interpreter's tensor order is not the signature's.
         feed = {name: np.asarray(value, dtype=np.int32) for name, value in inputs.items()}
-        if not self._delegate_applied:  # the first call applies XNNPACK, which LiteRT announces
-            with native_output_silenced():
-                outputs = self._runner(**feed)
-            self._delegate_applied = True
-            return outputs
-        return self._runner(**feed)
+        try:
+            if not self._delegate_applied:  # the first call applies XNNPACK, which LiteRT announces
+                with native_output_silenced():
+                    outputs = self._runner(**feed)
+                self._delegate_applied = True
+                return outputs
+            return self._runner(**feed)
+        except (ValueError, RuntimeError, TypeError, OverflowError, KeyError, IndexError) as error:
+            # e.g. "gather index out of bounds" (ids past the vocabulary), or a damaged model's tensor index
+            # that its native wrapper cannot even take (TypeError)
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise BundleError(f"the model failed to run on this input ({reason})", self.path) from None
 
     def delegate_partitions(self) -> int | None:
         """How many partitions of the graph a delegate took over (XNNPACK, the default delegate, is applied

@@ -1,4 +1,5 @@
-"""Run a bundle on texts: label probabilities for classifier bundles, embeddings for encoder bundles.
+"""Run a bundle on texts: label probabilities for classifier bundles, embeddings for encoder and
+sentence-embedding bundles, and semantic search (`rank`) with a sentence-embedding bundle.
 
 Each text is tokenized with the bundle's own tokenizer.json (a fixed bundle pads to its length, a dynamic
 one uses the text's own length) and run alone (the models take batch 1).
@@ -6,6 +7,8 @@ one uses the text's own length) and run alone (the models take batch 1).
 Classifier result: {"text", "label", "probability", "probabilities" {label: p, highest first}, "logits"}.
 Encoder result: {"text", "dim", "norm" (of pooled_output), "head" (its first 4 values), "tokens",
 "pooled_output" [H], "mean_sequence_output" [H] (sequence_output averaged over the real tokens)}.
+Sentence-embedding result: {"text", "dim", "norm", "head", "tokens", "sentence_embedding" [H],
+"pooling" (the manifest's record: pooling mode, normalize)}: what SentenceTransformer.encode gives.
 A sentence pair is given as a (first, second) tuple and reported as [first, second].
 """
 from __future__ import annotations
@@ -45,32 +48,50 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
+HEADS = ("classifier", "encoder", "sentence-embedding")
+
+
+class _Runner:
+    """A bundle, its tokenizer and its loaded model: texts in, output dicts out."""
+
+    def __init__(self, bundle_dir: str | os.PathLike, threads: int | None, runtime: str):
+        from edgebert import tokenizer as tokenization
+        from edgebert.bundle import read_bundle
+        from edgebert.interpreter import TFLiteModel
+
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"--threads must be an integer of at least 1, got {threads!r}")
+        self.bundle = read_bundle(bundle_dir)
+        self.head = self.bundle.manifest.get("head")
+        if self.head not in HEADS:
+            raise BundleError(f"manifest head is {self.head!r} (expected one of {', '.join(map(repr, HEADS))})",
+                              self.bundle.path / "manifest.json")
+        self._encode = tokenization.encode
+        self.tokenizer = tokenization.load_tokenizer(self.bundle.tokenizer_path)
+        self.model = TFLiteModel(self.bundle.model_path, num_threads=threads, runtime=runtime)
+
+    def __call__(self, text) -> tuple[dict, dict]:
+        """(the model's outputs, the encoded inputs) for one text or pair."""
+        encoded = self._encode(self.tokenizer, [text], self.bundle.seq_len)
+        return self.model(**encoded), encoded
+
+
 def predict(bundle_dir: str | os.PathLike, texts: list, *, threads: int | None = None,
             runtime: str = "auto") -> list[dict]:
     """One result per text (see the module docstring)."""
-    from edgebert import tokenizer as tokenization
-    from edgebert.bundle import read_bundle
-    from edgebert.interpreter import TFLiteModel
-
     texts = check_texts(texts)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"--threads must be an integer of at least 1, got {threads!r}")
-    bundle = read_bundle(bundle_dir)
-    head = bundle.manifest.get("head")
-    if head not in ("classifier", "encoder"):
-        raise BundleError(f"manifest head is {head!r} (expected 'classifier' or 'encoder')",
-                          bundle.path / "manifest.json")
-    tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
-    model = TFLiteModel(bundle.model_path, num_threads=threads, runtime=runtime)
+    runner = _Runner(bundle_dir, threads, runtime)
     results = []
     for text in texts:
-        encoded = tokenization.encode(tokenizer, [text], bundle.seq_len)
-        outputs = model(**encoded)
+        outputs, encoded = runner(text)
         shown = list(text) if isinstance(text, tuple) else text
-        if head == "classifier":
-            results.append(_classify(shown, outputs, bundle))
+        mask = encoded["attention_mask"][0]
+        if runner.head == "classifier":
+            results.append(_classify(shown, outputs, runner.bundle))
+        elif runner.head == "sentence-embedding":
+            results.append(_sentence(shown, outputs, mask, runner.bundle))
         else:
-            results.append(_embed(shown, outputs, encoded["attention_mask"][0], bundle))
+            results.append(_embed(shown, outputs, mask, runner.bundle))
     return results
 
 
@@ -102,12 +123,75 @@ def _embed(text, outputs: dict, mask: np.ndarray, bundle) -> dict:
             "mean_sequence_output": mean.tolist()}
 
 
+def _sentence_output(outputs: dict, bundle) -> np.ndarray:
+    if "sentence_embedding" not in outputs:
+        raise BundleError(f"sentence-embedding model has no 'sentence_embedding' output (has {sorted(outputs)})",
+                          bundle.model_path)
+    return np.asarray(outputs["sentence_embedding"], dtype=np.float32).reshape(-1)  # (H,)
+
+
+def _sentence(text, outputs: dict, mask: np.ndarray, bundle) -> dict:
+    vector = _sentence_output(outputs, bundle).astype(np.float64)
+    return {"text": text, "dim": int(vector.size), "norm": float(np.linalg.norm(vector)), "head": vector[:4].tolist(),
+            "tokens": int(mask.sum()), "sentence_embedding": vector.tolist(),
+            "pooling": dict(bundle.manifest.get("sentence_embedding") or {})}
+
+
+def _sentence_runner(bundle_dir, threads: int | None, runtime: str) -> _Runner:
+    runner = _Runner(bundle_dir, threads, runtime)
+    if runner.head != "sentence-embedding":
+        raise UsageError(f"is {'an' if runner.head == 'encoder' else 'a'} {runner.head} bundle; sentence embeddings "
+                         "need a bundle converted from a sentence-transformers model (head 'sentence-embedding')",
+                         runner.bundle.path)
+    return runner
+
+
+def embed(bundle_dir: str | os.PathLike, texts: list[str], *, threads: int | None = None,
+          runtime: str = "auto") -> np.ndarray:
+    """The sentence embeddings of `texts` from a sentence-embedding bundle: float32 [N, H], row i for text i."""
+    texts = check_texts(texts)
+    runner = _sentence_runner(bundle_dir, threads, runtime)
+    return np.stack([_sentence_output(runner(text)[0], runner.bundle) for text in texts])  # (N, H)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def rank(bundle_dir: str | os.PathLike, query: str, texts: list[str], *, threads: int | None = None,
+         runtime: str = "auto") -> list[tuple[float, str]]:
+    """Semantic search on the device: every text with the cosine of its sentence embedding to the query's,
+    most similar first (ties keep the input order). Needs a sentence-embedding bundle."""
+    if not isinstance(query, str):
+        raise UsageError(f"the query must be a str, got {type(query).__name__} {reprlib.repr(query)}")
+    if not query.strip():
+        raise UsageError("the query is empty")
+    texts = check_texts(texts)
+    if isinstance(texts[0], tuple):
+        raise UsageError("rank compares single texts, not (str, str) pairs")
+    runner = _sentence_runner(bundle_dir, threads, runtime)
+    vector = lambda text: _sentence_output(runner(text)[0], runner.bundle)  # noqa: E731
+    target = _unit(vector(query))  # (H,)
+    scores = _unit(np.stack([vector(text) for text in texts])) @ target  # (N,)
+    order = sorted(range(len(texts)), key=lambda index: -scores[index])
+    return [(float(scores[index]), texts[index]) for index in order]
+
+
 def describe(result: dict) -> str:
-    """One terminal line: `label (p=0.93)  text` or `dim=128 |v|=5.12 [v0, v1, v2, v3 ...]  text`."""
+    """One terminal line: `label (p=0.93)  text`, `dim=128 |v|=5.12 [v0, v1, v2, v3 ...]  text` (pooled
+    output), or `sentence_embedding dim=384 |v|=1.0000 [...]  text`."""
     text = result["text"]
     shown = "\t".join(text) if isinstance(text, list) else text
     if "label" in result:
         return f"{result['label']} (p={result['probability']:.2f})  {shown}"
     values = ", ".join(f"{value:.4f}" for value in result["head"])
     more = " ..." if result["dim"] > len(result["head"]) else ""
-    return f"dim={result['dim']} |v|={result['norm']:.4f} [{values}{more}]  {shown}"
+    kind = "sentence_embedding " if "sentence_embedding" in result else ""
+    return f"{kind}dim={result['dim']} |v|={result['norm']:.4f} [{values}{more}]  {shown}"
+
+
+def describe_ranking(score: float, text: str) -> str:
+    """One terminal line of a `rank` result: `0.8123  text`."""
+    return f"{score:.4f}  {text}"

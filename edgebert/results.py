@@ -15,6 +15,10 @@ One result (one bundle measured in one fresh process) has these keys:
                         the same model and inputs), for context
     memory     {"baseline_rss_mb" (process before loading), "peak_rss_mb", "growth_mb" (peak - baseline)}
     timestamp  ISO 8601 UTC
+    soak       (only with `bench --soak N`) {"calls", "samples", "settle_calls", "method", "start_mb",
+               "growth_mb", "max_growth_mb", "slope_kb_per_1000" (each {"rss", "anon", "file"}: VmRSS, RssAnon,
+               RssFile over the last 90 % of the calls), "series", "p50_first_ms", "p50_last_ms"}; see
+               edgebert.bench
 A failed measurement is {"bundle": {"path", "name"}, "error": "<one line>"} instead.
 
 The device facts: {"cpu_model", "cores", "machine", "system", "release", "python", "numpy", "hostname"}.

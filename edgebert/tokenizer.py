@@ -2,8 +2,11 @@
 
 `build_tokenizer` assembles the same pipeline as BERT's `FullTokenizer`: clean text (control characters
 removed, whitespace unified), one token per CJK ideograph, lower-casing with accent stripping for uncased
-checkpoints, punctuation split, greedy longest-match WordPiece with `[UNK]` for unknown or >100-char
-words. The result is saved as the bundle's `tokenizer.json`, so apps can use it as is.
+checkpoints, punctuation split, greedy longest-match WordPiece with `[UNK]` for unknown words and for
+words longer than `max_word_chars` characters. That limit follows the checkpoint's own tokenizer: 200 for
+Google's (google-research/bert's `WordpieceTokenizer`); for Hugging Face sources their tokenizer.json's
+`max_input_chars_per_word`, else 100 (`transformers`' BertTokenizer). The result is saved as the bundle's
+`tokenizer.json` (which carries the limit), so apps can use it as is.
 
 `encode` is what edgebert itself calls. It takes only the word pieces from `tokenizers` and frames them
 ([CLS] A [SEP] B [SEP], truncation, padding) itself, because `tokenizers`' `longest_first` truncation
@@ -29,9 +32,13 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from edgebert.errors import UsageError, VocabError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-MAX_WORD_CHARS = 100  # longer words become [UNK], as in BERT's WordpieceTokenizer
+# Longer words become [UNK]. google-research/bert's WordpieceTokenizer allows 200 characters; Hugging
+# Face's BertTokenizer allows 100 (a tokenizer.json states its own `max_input_chars_per_word`).
+GOOGLE_MAX_WORD_CHARS = 200
+HF_MAX_WORD_CHARS = 100
 MAX_LENGTH = 512  # BERT's position embeddings; the truncation length when seq_len is None
 OUTPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+MAX_TOKENIZER_BYTES = 64 << 20  # BERT's 30,522-piece tokenizer.json is ~0.9 MB; 250k pieces ~8 MB
 
 
 def read_vocab(path: str | os.PathLike) -> list[str]:
@@ -76,12 +83,16 @@ def vocab_is_cased(tokens: list[str]) -> bool:
     return any(token.lower() != token for token in tokens if not (token.startswith("[") and token.endswith("]")))
 
 
-def build_tokenizer(vocab: list[str], lowercase: bool, seq_len: int | None) -> Tokenizer:
-    """BERT's tokenizer; with an int seq_len it truncates and pads to seq_len, else truncates at 512."""
+def build_tokenizer(vocab: list[str], lowercase: bool, seq_len: int | None,
+                    max_word_chars: int = GOOGLE_MAX_WORD_CHARS) -> Tokenizer:
+    """BERT's tokenizer; with an int seq_len it truncates and pads to seq_len, else truncates at 512.
+    Words of more than `max_word_chars` characters become [UNK] (200: google-research/bert's rule)."""
     _check_vocab(vocab)
     _check_seq_len(seq_len)
+    if isinstance(max_word_chars, bool) or not isinstance(max_word_chars, int) or max_word_chars < 1:
+        raise UsageError(f"max_word_chars must be a positive integer, got {max_word_chars!r}")
     ids = {token: index for index, token in enumerate(vocab)}
-    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
+    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=max_word_chars))
     # BERT strips accents exactly when it lower-cases (`do_lower_case`).
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
@@ -105,6 +116,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A tokenizer.json written by `build_tokenizer(...).save(path)`."""
     if not os.path.isfile(path):
         raise VocabError("tokenizer file not found", path)
+    if os.path.getsize(path) > MAX_TOKENIZER_BYTES:  # a bundle is untrusted input: no unbounded parse
+        raise VocabError(f"is larger than {MAX_TOKENIZER_BYTES >> 20} MiB, the limit for a tokenizer.json", path)
     try:
         tokenizer = Tokenizer.from_file(os.fspath(path))
     except Exception as error:  # tokenizers raises a bare Exception with serde's message
@@ -114,6 +127,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if missing:
         raise VocabError(f"tokenizer lacks special token(s) {' '.join(missing)}", path)
     return tokenizer
+
+
+def max_word_chars(tokenizer: Tokenizer, path: str | os.PathLike | None = None) -> int:
+    """The WordPiece model's word-length limit (longer words become [UNK]), as a tokenizer.json sets it;
+    `path` names the file in the error for a tokenizer that is not WordPiece."""
+    value = getattr(tokenizer.model, "max_input_chars_per_word", None)
+    if not isinstance(value, int):
+        raise VocabError(f"not a WordPiece tokenizer (its model is {type(tokenizer.model).__name__})", path)
+    return value
 
 
 def encode(

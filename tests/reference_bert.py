@@ -27,9 +27,14 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+def _activation(x, approximate_gelu, relu):
+    return np.maximum(x, 0.0) if relu else _gelu(x, approximate_gelu)
+
+
 def bert_forward(w, input_ids, attention_mask, token_type_ids, num_heads, approximate_gelu=True,
-                 num_labels=0):
-    """One example: int arrays of shape (S,). Returns dict of float64 outputs."""
+                 num_labels=0, relu=False):
+    """One example: int arrays of shape (S,). Returns dict of float64 outputs. The feed-forward
+    activation is GELU (tanh form when approximate_gelu, else erf), or relu when relu=True."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     seq = len(input_ids)
     x = (w["bert/embeddings/word_embeddings"][input_ids]
@@ -49,7 +54,7 @@ def bert_forward(w, input_ids, attention_mask, token_type_ids, num_heads, approx
         context = (probs @ v).transpose(1, 0, 2).reshape(seq, hidden)
         x = _layer_norm(x + dense(context, "attention/output/dense"),
                         w[f"{g}/attention/output/LayerNorm/gamma"], w[f"{g}/attention/output/LayerNorm/beta"])
-        inner = _gelu(dense(x, "intermediate/dense"), approximate_gelu)
+        inner = _activation(dense(x, "intermediate/dense"), approximate_gelu, relu)
         x = _layer_norm(x + dense(inner, "output/dense"),
                         w[f"{g}/output/LayerNorm/gamma"], w[f"{g}/output/LayerNorm/beta"])
         layer += 1
@@ -58,3 +63,21 @@ def bert_forward(w, input_ids, attention_mask, token_type_ids, num_heads, approx
     if num_labels:
         out["logits"] = pooled @ w["output_weights"].T + w["output_bias"]
     return out
+
+
+def sentence_pooling(sequence_output, attention_mask, mode, normalize):
+    """sentence-transformers' Pooling and Normalize modules (their torch code, in numpy), for one example:
+    sequence_output (S, H), attention_mask (S,) -> the sentence embedding (H,)."""
+    x = np.asarray(sequence_output, np.float64)
+    mask = np.asarray(attention_mask, np.float64)[:, None]  # (S, 1)
+    if mode == "cls":
+        pooled = x[0]
+    elif mode == "mean":
+        pooled = (x * mask).sum(0) / np.maximum(mask.sum(0), 1e-9)
+    elif mode == "max":
+        pooled = np.where(mask > 0, x, -1e9).max(0)
+    else:
+        raise ValueError(mode)
+    if normalize:  # torch.nn.functional.normalize(p=2, eps=1e-12)
+        pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
+    return pooled

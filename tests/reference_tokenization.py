@@ -3,7 +3,8 @@
 It follows google-research/bert `tokenization.py` (BasicTokenizer, WordpieceTokenizer, FullTokenizer)
 and the input building of `run_classifier.py` (`_truncate_seq_pair`, `convert_single_example`) rule for
 rule, written out again here so the tests compare two implementations rather than one with itself.
-It is deliberately slow and literal: one character at a time, using only `unicodedata`.
+It is deliberately slow and literal: one character at a time, using only `unicodedata`. Nothing here
+comes from edgebert, not even a constant: the word-length limit is google-research/bert's own default.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import unicodedata
 
 import numpy as np
 
-MAX_WORD_CHARS = 100
+# google-research/bert tokenization.py: `WordpieceTokenizer.__init__(self, vocab, unk_token="[UNK]",
+# max_input_chars_per_word=200)`, and FullTokenizer leaves it at that default. (Hugging Face's
+# transformers BertTokenizer passes 100; tests give that as `max_input_chars_per_word=100`.)
+GOOGLE_MAX_INPUT_CHARS_PER_WORD = 200
 DYNAMIC_MAX_LENGTH = 512
 
 # The CJK Unified Ideographs blocks that BERT splits into one token per character (Hangul, kana and
@@ -110,13 +114,14 @@ class BasicTokenizer:
 class WordpieceTokenizer:
     """Greedy longest-match-first over the vocabulary; a word with any unmatched rest becomes [UNK]."""
 
-    def __init__(self, vocab: dict[str, int], unk: str = "[UNK]", max_chars: int = MAX_WORD_CHARS):
-        self.vocab, self.unk, self.max_chars = vocab, unk, max_chars
+    def __init__(self, vocab: dict[str, int], unk: str = "[UNK]",
+                 max_input_chars_per_word: int = GOOGLE_MAX_INPUT_CHARS_PER_WORD):
+        self.vocab, self.unk, self.max_input_chars_per_word = vocab, unk, max_input_chars_per_word
 
     def tokenize(self, text: str) -> list[str]:
         out = []
         for word in whitespace_split(text):
-            if len(word) > self.max_chars:
+            if len(list(word)) > self.max_input_chars_per_word:  # characters (code points), not bytes
                 out.append(self.unk)
                 continue
             pieces, start = [], 0
@@ -137,10 +142,11 @@ class WordpieceTokenizer:
 
 
 class FullTokenizer:
-    def __init__(self, tokens: list[str], lowercase: bool = True):
+    def __init__(self, tokens: list[str], lowercase: bool = True,
+                 max_input_chars_per_word: int = GOOGLE_MAX_INPUT_CHARS_PER_WORD):
         self.vocab = {token: index for index, token in enumerate(tokens)}
         self.basic = BasicTokenizer(lowercase)
-        self.wordpiece = WordpieceTokenizer(self.vocab)
+        self.wordpiece = WordpieceTokenizer(self.vocab, max_input_chars_per_word=max_input_chars_per_word)
 
     def tokenize(self, text: str) -> list[str]:
         return [piece for token in self.basic.tokenize(text) for piece in self.wordpiece.tokenize(token)]

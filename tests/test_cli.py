@@ -224,7 +224,7 @@ def test_convert_prints_the_bundle_on_stdout_and_progress_on_stderr(encoder_run,
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 32, "compat": None,
-                                  "calibration": None}
+                                  "calibration": None, "overrides": []}
     assert manifest["head"] == "encoder" and manifest["labels"] == []
     min_cos = float(re.search(r"pooled_output: min cos ([\d.]+)", lines[-1]).group(1))
     assert min_cos == pytest.approx(manifest["validation"]["outputs"]["pooled_output"]["min_cosine"], abs=1e-6)
@@ -262,7 +262,7 @@ def refused(source, out: Path, *options, exit_code: int, read: bool = True) -> s
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--quantize", "int4", "unknown quantization mode 'int4' (choose from float32, float16, dynamic-int8, int8)"),
+    ("--quantize", "int4", "unknown quantization mode 'int4' (choose from float32, float16, dynamic-int8, int8, dynamic-int4)"),
     ("--seq-len", "abc", "--seq-len must be a number or 'dynamic', got 'abc'"),
     ("--seq-len", "2", "--seq-len must be at least 3 ([CLS], one token, [SEP]), got 2"),
     ("--compat", "bogus", "unknown compat target 'bogus' (choose from tflite-runtime-2.14)"),
@@ -365,8 +365,8 @@ def test_demo_converts_and_times_the_chosen_modes(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (("--modes", "float32,int4"),
-     "unknown quantization mode 'int4' (choose from float32, float16, dynamic-int8, int8)"),
-    (("--modes", " , "), "--modes names no quantization mode (choose from float32, float16, dynamic-int8, int8)"),
+     "unknown quantization mode 'int4' (choose from float32, float16, dynamic-int8, int8, dynamic-int4)"),
+    (("--modes", " , "), "--modes names no quantization mode (choose from float32, float16, dynamic-int8, int8, dynamic-int4)"),
     (("--runs", "0"), "--runs must be at least 1, got 0"),
     (("--variant", "huge"), f"unknown variant 'huge'; {VARIANT_HINT}"),
 ])
@@ -443,3 +443,16 @@ def test_variants_and_help_run_without_tensorflow():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "RESULT [0, 0, 0] []"
     assert "uncased_L-12_H-768_A-12" in result.stdout
+
+
+def test_compat_below_32_tokens_notes_the_pi_5_crash(tiny_checkpoint, tmp_path):
+    """tflite-runtime 2.14 crashed on fewer than 32 tokens on an emulated Cortex-A76 (tests/test_arm64.py)."""
+    note = "note: tflite-runtime 2.14 crashed on fewer than 32 tokens"
+    short = invoke("convert", tiny_checkpoint, "--out", tmp_path / "short", "--compat", "tflite-runtime-2.14",
+                   "--seq-len", "16")
+    assert short.exit_code == 0, short.stderr
+    assert note in short.stderr
+    safe = invoke("convert", tiny_checkpoint, "--out", tmp_path / "safe", "--compat", "tflite-runtime-2.14",
+                  "--seq-len", "32")
+    assert safe.exit_code == 0, safe.stderr
+    assert note not in safe.stderr

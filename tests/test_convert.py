@@ -57,8 +57,12 @@ def test_every_mode_gives_a_validated_bundle_on_builtin_ops(tiny_checkpoint, tmp
     out = runner(**encoded)
     assert out["sequence_output"].shape == (1, 32, 32) and out["pooled_output"].shape == (1, 32)
     want = _reference_outputs(tiny_checkpoint, encoded)
-    floor = {"float32": 0.99999, "float16": 0.999, "dynamic-int8": 0.99, "int8": 0.9}[mode]
-    assert _cosine(out["pooled_output"], want["pooled_output"]) >= floor
+    # The product's own floors (converters/validate.py), here against the independent reference.
+    pooled_floor = {"float32": 0.99999, "float16": 0.999, "dynamic-int8": 0.999, "int8": 0.98}[mode]
+    sequence_floor = {"float32": 0.99999, "float16": 0.999, "dynamic-int8": 0.99, "int8": 0.95}[mode]
+    assert _cosine(out["pooled_output"], want["pooled_output"]) >= pooled_floor
+    real = encoded["attention_mask"][0].astype(bool)
+    assert _cosine(out["sequence_output"][0][real], want["sequence_output"][real]) >= sequence_floor
     # golden.json reproduces with the model it ships with
     example = bundle.golden["examples"][0]
     ids = {name: np.array([example[name]], np.int32) for name in ("input_ids", "attention_mask", "token_type_ids")}
@@ -66,9 +70,24 @@ def test_every_mode_gives_a_validated_bundle_on_builtin_ops(tiny_checkpoint, tmp
 
 
 def test_float32_matches_reference_closely_and_sizes_shrink(tiny_checkpoint, tmp_path):
+    from edgebert import tokenizer as tokenization
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel
+
     sizes = {}
     for mode in ("float32", "dynamic-int8"):
         sizes[mode] = _convert(tiny_checkpoint, tmp_path / mode, quantize=mode).manifest["sizes"]["model_bytes"]
+
+    # float32 is the same arithmetic as the independent numpy BERT, up to float32 rounding.
+    bundle = read_bundle(tmp_path / "float32")
+    model, tokenizer = TFLiteModel(bundle.model_path), tokenization.load_tokenizer(bundle.tokenizer_path)
+    for text in ["The film was a delight from start to finish.", ("Is it open?", "The shop opens at nine."), "a"]:
+        encoded = tokenization.encode(tokenizer, [text], 32)
+        out, want = model(**encoded), _reference_outputs(tiny_checkpoint, encoded)
+        real = encoded["attention_mask"][0].astype(bool)
+        np.testing.assert_allclose(out["pooled_output"][0], want["pooled_output"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out["sequence_output"][0][real], want["sequence_output"][real], atol=1e-4, rtol=0)
+        assert _cosine(out["pooled_output"], want["pooled_output"]) >= 0.999999
     assert sizes["dynamic-int8"] < 0.4 * sizes["float32"]
 
 
@@ -108,12 +127,27 @@ def test_classifier_head_requested_on_an_encoder_checkpoint(tiny_checkpoint, tmp
     assert not (tmp_path / "b").exists()
 
 
+def _op_versions(model_path, op_name: str) -> set[int]:
+    """The versions of every op of that builtin type in a .tflite, read from its flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_path.read_bytes()))
+    wanted = getattr(schema.BuiltinOperator, op_name)
+    codes = [model.operatorCodes[op.opcodeIndex] for graph in model.subgraphs for op in graph.operators]
+    return {code.version for code in codes if max(code.builtinCode, code.deprecatedBuiltinCode) == wanted}
+
+
 def test_tflite_runtime_2_14_compat_changes_the_fully_connected_version(tiny_checkpoint, tmp_path):
     default = _convert(tiny_checkpoint, tmp_path / "new")
     compat = _convert(tiny_checkpoint, tmp_path / "old", compat=__import__(
         "converters.export", fromlist=["Compat"]).Compat.TFLITE_RUNTIME_2_14)
     assert compat.manifest["recipe"]["compat"] == "tflite-runtime-2.14"
-    assert (tmp_path / "new" / "model.tflite").read_bytes() != (tmp_path / "old" / "model.tflite").read_bytes()
+    # Per-channel dynamic int8 gives FULLY_CONNECTED version 12, which tflite-runtime 2.14 refuses; the
+    # compat model's per-tensor dense layers need an older version (test_legacy_runtime loads it in 2.14).
+    assert _op_versions(tmp_path / "new" / "model.tflite", "FULLY_CONNECTED") == {12}
+    old_versions = _op_versions(tmp_path / "old" / "model.tflite", "FULLY_CONNECTED")
+    assert old_versions and max(old_versions) < 12, old_versions
     with pytest.raises(UsageError, match="only changes dynamic-int8 models"):
         _convert(tiny_checkpoint, tmp_path / "x", quantize="float32",
                  compat=__import__("converters.export", fromlist=["Compat"]).Compat.TFLITE_RUNTIME_2_14)
@@ -182,3 +216,84 @@ def test_classifier_logits_are_checked_by_probability_not_cosine():
                                 np.ones((1, 4), np.int32))
     with pytest.raises(ValidationError, match="logits max probability difference vs float"):
         check_thresholds(confident, QuantizeMode.DYNAMIC_INT8)
+
+
+# --- options that README promises, through the command ---------------------------------------------------
+
+
+def _cased_checkpoint(directory, config):
+    """A tiny checkpoint whose vocab has capitals (so its casing is inferred as cased)."""
+    from converters.google_checkpoint import write_random_checkpoint
+    from converters.vocab import synthetic_vocab
+
+    vocab = synthetic_vocab(None)
+    spare = [i for i, token in enumerate(vocab) if token.startswith("[unused")]
+    for index, token in zip(spare, ["Hello", "World", "##A"]):
+        vocab[index] = token
+    return write_random_checkpoint(config, directory, vocab, seed=2)
+
+
+@pytest.mark.parametrize("vocab_kind, flag, lowercase", [
+    ("uncased", None, True), ("uncased", "--cased", False), ("cased", None, False), ("cased", "--uncased", True)])
+def test_cased_and_uncased_set_the_bundle_lower_casing(tiny_checkpoint, tiny_config, tmp_path, vocab_kind, flag,
+                                                       lowercase):
+    """README: `--uncased/--cased` override the casing inferred from the checkpoint. The bundle's manifest,
+    its tokenizer.json and its ids follow the flag (ids checked against the reference tokenizer)."""
+    from cli_helpers import invoke
+    from edgebert import tokenizer as tokenization
+    from reference_tokenization import FullTokenizer, reference_encode
+
+    source = tiny_checkpoint if vocab_kind == "uncased" else _cased_checkpoint(tmp_path / "cased", tiny_config)
+    out = tmp_path / "bundle"
+    result = invoke("convert", source, "--out", out, "--quantize", "float32", "--seq-len", 16,
+                    *([flag] if flag else []))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["lowercase"] is lowercase
+    saved = json.loads((out / "tokenizer.json").read_text())["normalizer"]
+    assert (saved["lowercase"], saved["strip_accents"]) == (lowercase, lowercase)  # BERT: both or neither
+
+    text = "Hello World, HELLO world. Café"
+    vocab = tokenization.read_vocab(source / "vocab.txt")
+    assert FullTokenizer(vocab, lowercase=True).tokenize(text) != FullTokenizer(vocab, lowercase=False).tokenize(text)
+    got = tokenization.encode(tokenization.load_tokenizer(out / "tokenizer.json"), [text], 16)
+    want = reference_encode(FullTokenizer(vocab, lowercase=lowercase), [text], 16)
+    np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+
+
+def test_int8_with_a_calibration_file(tiny_checkpoint, tmp_path):
+    """README: `--calibration FILE` calibrates full int8 on that file's sentences (one per line): the
+    bundle validates, the manifest names the file, and the file decides the quantization ranges."""
+    from cli_helpers import invoke
+
+    texts = {"short": "yes\nno\nok\nfine\n" * 5,
+             "long": "\n".join(["The film was a delight from start to finish, and I would see it again.",
+                                "A noticeably longer sentence with quite a few more words in it than the others.",
+                                "Rain fell on the city all night while the trains kept running on time."] * 4)}
+    models = {}
+    for name, content in texts.items():
+        calibration = tmp_path / f"{name}.txt"
+        calibration.write_text(content + "\n", encoding="utf-8")
+        out = tmp_path / f"{name}.int8"
+        result = invoke("convert", tiny_checkpoint, "--out", out, "--quantize", "int8", "--seq-len", 16,
+                        "--calibration", calibration)
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["recipe"]["quantize"] == "int8" and manifest["recipe"]["calibration"] == str(calibration)
+        assert manifest["validation"]["passed"]
+        assert manifest["validation"]["outputs"]["pooled_output"]["min_cosine"] >= 0.98  # int8's pooled floor
+        models[name] = _activation_scales(out / "model.tflite")
+    # The file's text, not a default, set the activation ranges. (Bytes would differ anyway: a few tensor
+    # names are generated afresh each run, while the numbers are the same for the same calibration.)
+    assert models["short"] != models["long"]
+
+
+def _activation_scales(model_path) -> list[tuple[float, ...]]:
+    """The quantization scales of every non-constant tensor (activations: what calibration measures)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_path.read_bytes()))
+    graph = model.subgraphs[0]
+    return [tuple(np.asarray(t.quantization.scale).tolist()) for t in graph.tensors
+            if t.quantization is not None and t.quantization.scale is not None
+            and model.buffers[t.buffer].data is None]

@@ -63,6 +63,9 @@ def test_finetune_learns_and_writes_a_classifier_checkpoint(finetuned):
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
     assert record["dev_metrics"] == result.best_metrics
     assert not out.with_name(out.name + ".work").exists()  # the work directory goes once the output is written
+    # A Google source stays in Google's layout; the record keeps the tokenizer's word-length limit.
+    assert (out / "bert_config.json").is_file() and not (out / "config.json").exists()
+    assert json.loads((out / "edgebert_source.json").read_text())["max_word_chars"] == source.max_word_chars == 200
 
 
 def test_finetuned_checkpoint_converts_to_a_classifier_bundle(finetuned, tmp_path):
@@ -232,6 +235,52 @@ def test_search_keeps_the_best_run_and_resumes(tiny_checkpoint, task_files, tmp_
     assert record["options"]["learning_rate"] == 0.001 and runs["bs16-lr0.001"] >= runs["bs16-lr1e-06"]
     again = invoke(*args, "--force")
     assert "bs16-lr0.001: done before" in again.stderr
+
+
+def test_search_flag_runs_the_miniatures_grid(tiny_checkpoint, task_files, tmp_path, monkeypatch):
+    """README: `--search` runs the BERT Miniatures' grid (batch 8-128 x learning rate 3e-4-3e-5). The grid
+    is checked as data; the run uses a 1 x 2 stand-in for it (twenty runs would take minutes)."""
+    from converters import finetune
+
+    assert finetune.MINIATURES_BATCH_SIZES == (8, 16, 32, 64, 128)
+    assert finetune.MINIATURES_LEARNING_RATES == (3e-4, 1e-4, 5e-5, 3e-5)
+    monkeypatch.setattr(finetune, "MINIATURES_BATCH_SIZES", (16,))
+    monkeypatch.setattr(finetune, "MINIATURES_LEARNING_RATES", (1e-3, 1e-6))
+    real_finetune, runs = finetune.finetune, []
+
+    def one_run(source, train, dev, out_dir, options, **kwargs):  # fails fast should the stand-in not apply
+        assert (options.batch_size, options.learning_rate) in [(16, 1e-3), (16, 1e-6)], options
+        runs.append((options.batch_size, options.learning_rate))
+        return real_finetune(source, train, dev, out_dir, options, **kwargs)
+
+    monkeypatch.setattr(finetune, "finetune", one_run)
+    # --batch-size and --learning-rate are ignored with --search: the grid replaces them.
+    result = invoke("finetune", tiny_checkpoint, "--task", task_files[0], "--dev", task_files[1], "--out",
+                    tmp_path / "best", "--epochs", 1, "--search", "--batch-size", 64, "--learning-rate", "5e-5")
+    assert result.exit_code == 0, result.output
+    assert runs == [(16, 1e-3), (16, 1e-6)]
+    record = json.loads((tmp_path / "best" / "edgebert_source.json").read_text())["history"][-1]
+    scores = {run["run"]: run["accuracy"] for run in record["search"]}
+    assert set(scores) == {"bs16-lr0.001", "bs16-lr1e-06"}
+    best = max(scores, key=scores.get)
+    assert record["options"]["learning_rate"] == {"bs16-lr0.001": 1e-3, "bs16-lr1e-06": 1e-6}[best]
+    assert record["dev_metrics"]["accuracy"] == scores[best]
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(1, 2), (3, 4)])
+def test_patience_stops_after_that_many_epochs_without_improvement(tiny_checkpoint, task_files, tmp_path, patience,
+                                                                   epochs_run):
+    """README: early stopping on --dev with `--patience`. At a learning rate of 1e-9 the dev score never
+    moves after epoch 1, so a run of 6 epochs stops after 1 + patience of them, keeping epoch 1."""
+    result = invoke("finetune", tiny_checkpoint, "--task", task_files[0], "--dev", task_files[1], "--out",
+                    tmp_path / "out", "--epochs", 6, "--batch-size", 32, "--learning-rate", "1e-9",
+                    "--max-train-examples", 64, "--patience", patience)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "edgebert_source.json").read_text())["history"][-1]
+    assert [epoch["epoch"] for epoch in record["epochs"]] == list(range(1, epochs_run + 1))
+    assert record["stopped_early"] is True and record["best_epoch"] == 1
+    assert len({epoch["dev"]["accuracy"] for epoch in record["epochs"]}) == 1
+    assert result.stdout.startswith(f"{tmp_path / 'out'}  (best epoch 1 of {epochs_run}, ")
 
 
 @pytest.mark.parametrize("content, problem", [

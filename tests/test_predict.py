@@ -58,12 +58,29 @@ def test_classifier_probabilities_sum_to_one_with_the_manifest_labels(classifier
         assert np.allclose(softmax(np.array(result["logits"])), [probabilities[label] for label in LABELS])
 
 
-def test_classifier_pairs(classifier):
-    from edgebert.predict import predict
+def test_classifier_pairs(classifier, tiny_classifier_checkpoint):
+    from converters.sources import load_source
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.predict import predict, softmax
+    from reference_bert import bert_forward
+    from reference_tokenization import FullTokenizer, reference_encode
 
-    results = predict(classifier, [("Is it open?", "The shop opens at nine."), ("Yes.", "No.")], threads=1)
-    assert results[0]["text"] == ["Is it open?", "The shop opens at nine."]
-    assert all(result["label"] in LABELS for result in results)
+    pairs = [("Is it open?", "The shop opens at nine."), ("Yes.", "No."), ("a b c " * 8, "d e " * 12)]
+    results = predict(classifier, pairs, threads=1)
+    assert [result["text"] for result in results] == [list(pair) for pair in pairs]
+    source = load_source(tiny_classifier_checkpoint)
+    reference = FullTokenizer(source.vocab, lowercase=True)  # google-research/bert's pair framing
+    model = TFLiteModel(classifier / "model.tflite", num_threads=1)
+    for pair, result in zip(pairs, results):
+        encoded = reference_encode(reference, [pair], 32)
+        assert encoded["token_type_ids"].any()  # the second segment is there
+        # What predict gave is the bundle's model run on BERT's ids for the pair...
+        np.testing.assert_allclose(result["logits"], model(**encoded)["logits"][0], rtol=0, atol=1e-6)
+        # ... and it agrees with the float numpy BERT on those ids within dynamic int8's probability budget.
+        want = bert_forward(source.weights, encoded["input_ids"][0], encoded["attention_mask"][0],
+                            encoded["token_type_ids"][0], source.config.num_heads, num_labels=len(LABELS))
+        got = np.array([result["probabilities"][label] for label in LABELS])
+        assert np.abs(got - softmax(want["logits"])).max() <= 0.05
 
 
 def test_encoder_embeddings(encoder):

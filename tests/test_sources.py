@@ -203,3 +203,199 @@ def test_unsafe_zip_is_refused(tmp_path):
     with pytest.raises(ArchiveError, match=r"evil.zip: .*\.\./escape.txt"):
         _load(zip_path)
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+# --- the tokenizer's word-length limit follows the source ---------------------------------------------
+
+
+def _hf_tokenizer_json(path, vocab, lowercase=True, max_input_chars_per_word=100):
+    """A tokenizer.json laid out as transformers' BertTokenizerFast saves it, built with the `tokenizers`
+    library directly (not with edgebert's build_tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    ids = {token: index for index, token in enumerate(vocab)}
+    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=max_input_chars_per_word))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True,
+                                                      handle_chinese_chars=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tokenizer.save(str(path))
+    return path
+
+
+def test_word_length_limit_follows_the_source(tiny_checkpoint, tmp_path):
+    # Google's WordpieceTokenizer: 200; transformers' BertTokenizer (vocab.txt): 100; a tokenizer.json: its own.
+    google = _load(tiny_checkpoint)
+    assert google.max_word_chars == 200
+    directory = _hf_directory(tmp_path, google)
+    assert _load(directory).max_word_chars == 100
+    _hf_tokenizer_json(directory / "tokenizer.json", google.vocab, max_input_chars_per_word=150)
+    assert _load(directory).max_word_chars == 150  # beside vocab.txt, the tokenizer.json's setting counts
+    (directory / "vocab.txt").unlink()
+    assert _load(directory).max_word_chars == 150
+
+
+def test_word_length_limit_survives_a_written_trim(tiny_checkpoint, tmp_path):
+    # A trimmed checkpoint is written in Google's layout; its edgebert record keeps the source's limit.
+    import dataclasses
+
+    from converters.vocab_trim import trim_vocabulary, write_trimmed
+
+    source = dataclasses.replace(_load(tiny_checkpoint), max_word_chars=150)  # as from a tokenizer.json
+    trimmed, report = trim_vocabulary(source, ["the film was a delight from start to finish"])
+    assert trimmed.max_word_chars == 150
+    written = write_trimmed(trimmed, report, tmp_path / "trimmed")
+    assert json.loads((written / "edgebert_source.json").read_text())["max_word_chars"] == 150
+    assert _load(written).max_word_chars == 150
+    record = json.loads((written / "edgebert_source.json").read_text())
+    (written / "edgebert_source.json").write_text(json.dumps({**record, "max_word_chars": "many"}))
+    with pytest.raises(SourceError, match=r"edgebert_source.json: edgebert record has a bad max_word_chars 'many'"):
+        _load(written)
+
+
+def test_a_non_wordpiece_tokenizer_json_is_refused(tiny_checkpoint, tmp_path):
+    from tokenizers import Tokenizer, models
+
+    directory = _hf_directory(tmp_path, _load(tiny_checkpoint))
+    Tokenizer(models.BPE(unk_token="[UNK]")).save(str(directory / "tokenizer.json"))
+    with pytest.raises(VocabError, match=r"tokenizer.json: "):
+        _load(directory)
+
+
+def test_hugging_face_folder_with_only_tokenizer_json_converts(tiny_checkpoint, tmp_path):
+    """README: a Hugging Face directory with `tokenizer.json` and no vocab.txt. The bundle keeps the file's
+    vocab, casing and word-length limit, gives the reference tokenizer's ids, and computes what the
+    independent numpy BERT computes (erf GELU: Hugging Face's "gelu")."""
+    from converters.pipeline import ConvertOptions, convert
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.tokenizer import encode, load_tokenizer, max_word_chars
+    from reference_bert import bert_forward
+    from reference_tokenization import FullTokenizer, reference_encode
+
+    google = _load(tiny_checkpoint)
+    directory = _hf_directory(tmp_path, google)
+    (directory / "vocab.txt").unlink()
+    _hf_tokenizer_json(directory / "tokenizer.json", google.vocab, max_input_chars_per_word=150)
+    source = _load(directory)
+    assert source.vocab is None and source.tokenizer_json == directory / "tokenizer.json"
+    assert source.lowercase and source.max_word_chars == 150
+
+    convert(directory, tmp_path / "bundle", ConvertOptions(quantize="float32", seq_len=32, validation_size=4))
+    bundle = read_bundle(tmp_path / "bundle")
+    assert bundle.manifest["source"]["kind"] == "hf-safetensors"
+    assert bundle.manifest["tokenizer"] == {"file": "tokenizer.json", "lowercase": True,
+                                            "vocab_size": len(google.vocab), "max_word_chars": 150}
+    tokenizer = load_tokenizer(bundle.tokenizer_path)
+    assert max_word_chars(tokenizer) == 150
+
+    reference = FullTokenizer(google.vocab, lowercase=True, max_input_chars_per_word=150)
+    texts = ["The FILM was a delight.", "long " + "ab" * 80 + " and " + "ab" * 70 + " words",
+             ("Is it open?", "The shop opens at nine.")]
+    model = TFLiteModel(bundle.model_path)
+    for text in texts:
+        encoded, want_ids = encode(tokenizer, [text], 32), reference_encode(reference, [text], 32)
+        for name in want_ids:
+            np.testing.assert_array_equal(encoded[name], want_ids[name], err_msg=f"{name} of {text!r}")
+        want = bert_forward(google.weights, *(encoded[n][0] for n in ("input_ids", "attention_mask", "token_type_ids")),
+                            google.config.num_heads, approximate_gelu=False)
+        np.testing.assert_allclose(model(**encoded)["pooled_output"][0], want["pooled_output"], atol=1e-5, rtol=0)
+    # the 140-character word is word pieces, the 160-character one is [UNK]
+    ids = encode(tokenizer, [texts[1]], 32)["input_ids"][0].tolist()
+    assert ids.count(google.vocab.index("[UNK]")) == 1
+
+
+# --- run_classifier output and pytorch_model.bin --------------------------------------------------------
+
+
+def _write_tf1_checkpoint(prefix, variables):
+    """A TF1 checkpoint as run_classifier's Estimator writes one: float variables plus an int64 global_step."""
+    from converters.tf_import import tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        made = [tf.compat.v1.Variable(value, name=name) for name, value in variables.items()]
+        saver = tf.compat.v1.train.Saver(made, write_version=tf.compat.v1.train.SaverDef.V2)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.variables_initializer(made))
+            saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+
+
+def test_run_classifier_checkpoint_with_adam_slots_and_a_state_file(tiny_classifier_checkpoint, tmp_path):
+    """README: fine-tuned run_classifier checkpoints (top-level output_weights/output_bias, optimizer
+    slots ignored) with a `checkpoint` state file: the state file's latest checkpoint is the one read,
+    its adam_m/adam_v slots are listed as unused in the manifest, and the classifier computes what the
+    independent numpy BERT computes with those weights."""
+    import shutil
+
+    from converters.pipeline import ConvertOptions, convert
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.tokenizer import encode, load_tokenizer
+    from reference_bert import bert_forward
+
+    google = _load(tiny_classifier_checkpoint)
+    directory = tmp_path / "run_classifier_out"
+    directory.mkdir()
+    for name in ("bert_config.json", "vocab.txt"):
+        shutil.copy(tiny_classifier_checkpoint / name, directory / name)
+    rng = np.random.default_rng(5)
+    latest = {name: (value + 0.01 * rng.standard_normal(value.shape)).astype(np.float32)
+              for name, value in google.weights.items()}
+    slots = {f"{name}/{slot}": np.full_like(value, 0.5) for name, value in latest.items()
+             for slot in ("adam_m", "adam_v")}
+    # Three checkpoints; the latest (18) sorts neither first nor last by name (12, 18, 6).
+    for step in (6, 12):
+        _write_tf1_checkpoint(directory / f"model.ckpt-{step}", {**google.weights, **slots,
+                                                                 "global_step": np.int64(step)})
+    _write_tf1_checkpoint(directory / "model.ckpt-18", {**latest, **slots, "global_step": np.int64(18)})
+    (directory / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-18"\n'
+                                          'all_model_checkpoint_paths: "model.ckpt-6"\n'
+                                          'all_model_checkpoint_paths: "model.ckpt-12"\n'
+                                          'all_model_checkpoint_paths: "model.ckpt-18"\n')
+    source = _load(directory)
+    assert source.num_labels == 3 and "global_step" not in source.weights
+    np.testing.assert_array_equal(source.weights["output_weights"], latest["output_weights"])  # ckpt-18's
+
+    manifest = convert(directory, tmp_path / "bundle",
+                       ConvertOptions(quantize="float32", seq_len=32, validation_size=4)).manifest
+    assert manifest["head"] == "classifier"
+    assert set(manifest["source"]["unused_variables"]) >= set(slots)
+    assert not set(manifest["source"]["unused_variables"]) & {name for name in latest if name.startswith("bert/")}
+    bundle = read_bundle(tmp_path / "bundle")
+    encoded = encode(load_tokenizer(bundle.tokenizer_path), [("Is it open?", "The shop opens at nine.")], 32)
+    want = bert_forward(latest, *(encoded[n][0] for n in ("input_ids", "attention_mask", "token_type_ids")),
+                        google.config.num_heads, num_labels=3)
+    np.testing.assert_allclose(TFLiteModel(bundle.model_path)(**encoded)["logits"][0], want["logits"], atol=1e-5,
+                               rtol=0)
+
+
+def test_pytorch_model_bin_through_weights_only(tiny_checkpoint, tmp_path):
+    """README: pytorch_model.bin only through torch's weights_only loader: a plain state dict loads with
+    the same weights as model.safetensors; a pickle that calls a function is refused."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pytorch_model.bin needs it; the "
+                                                "project does not install it)")
+    from safetensors.numpy import load_file
+
+    google = _load(tiny_checkpoint)
+    directory = _hf_directory(tmp_path, google)
+    tensors = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    torch.save({name: torch.from_numpy(value) for name, value in tensors.items()}, directory / "pytorch_model.bin")
+    source = _load(directory)
+    assert source.kind == "hf-pytorch"
+    for name, value in google.weights.items():
+        if name.startswith("bert/"):
+            np.testing.assert_array_equal(source.weights[name], value, err_msg=name)
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return os.getcwd, ()
+
+    torch.save({"embeddings.word_embeddings.weight": Payload()}, directory / "pytorch_model.bin")
+    with pytest.raises(SourceError, match=r"pytorch_model.bin: cannot load safely with weights_only=True"):
+        _load(directory)

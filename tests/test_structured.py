@@ -293,6 +293,7 @@ def test_prune_command_writes_a_checkpoint_that_converts_smaller(tmp_path, tiny_
     assert pruned.config.layer_heads == (2, 2) and pruned.config.layer_intermediate_sizes == (32, 32)
     assert pruned.num_labels == 3 and record["step"] == "structured-pruning"
     assert json.loads((out / "bert_config.json").read_text())["edgebert_layer_heads"] == [2, 2]
+    assert json.loads((out / "edgebert_source.json").read_text())["max_word_chars"] == pruned.max_word_chars == 200
 
     bundle = tmp_path / "bundle"
     manifest = convert(out, bundle, ConvertOptions(seq_len=SEQ_LEN, validation_size=4)).manifest

@@ -3,6 +3,7 @@ re-implementation of google-research/bert's tokenizer (tests/reference_tokenizat
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,9 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 REAL_VOCAB = DATA / "vocab" / "bert_uncased_vocab.txt"
 
 
-def ids(text, lowercase=True, vocab=VOCAB):
+def ids(text, lowercase=True, vocab=VOCAB, **limit):
     """The word-piece ids between [CLS] and [SEP] of one text, dynamic length."""
-    row = encode(build_tokenizer(vocab, lowercase, None), [text], None)["input_ids"][0]
+    row = encode(build_tokenizer(vocab, lowercase, None, **limit), [text], None)["input_ids"][0]
     assert row[0] == CLS and row[-1] == SEP
     return row[1:-1].tolist()
 
@@ -48,9 +49,9 @@ def ids(text, lowercase=True, vocab=VOCAB):
         ("low中国wa", [13, 19, 20, 8]),  # CJK ideographs become single tokens, even inside a word
         ("hello!?want,low.", [18, 16, 17, 5, 12, 13, 15]),  # punctuation split
         ("[MASK]", [22, 24, 23]),  # special tokens in the text are plain text, as in BERT
-        ("want" * 25, [5] + [6] * 24),  # 100 characters: still word pieces
-        ("want" * 25 + "ed", [UNK]),  # 102 characters: too long, [UNK]
-        ("é" * 101, [UNK]),  # the limit counts characters, not bytes
+        ("want" * 25 + "ed", [5] + [6] * 24 + [7]),  # 102 characters: word pieces (Google's limit is 200)
+        ("want" * 50, [5] + [6] * 49),  # 200 characters: still word pieces
+        ("want" * 50 + "ed", [UNK]),  # 202 characters: too long, [UNK]
         ("xyz want", [UNK, 5]),  # a word with no matching pieces
         ("wa\x00nt lo\u200bw low\x07est \ufffdhello", [5, 13, 14, 18]),  # NUL, zero-width, bell, U+FFFD dropped
         ("want\tlow\nwa\r\n  hello\u00a0a\u3000b", [5, 13, 8, 18, A, B]),  # all of these are whitespace
@@ -60,6 +61,49 @@ def ids(text, lowercase=True, vocab=VOCAB):
 )
 def test_exact_ids_uncased(text, expected):
     assert ids(text) == expected
+
+
+# The word-length limit: google-research/bert's 200 characters by default, Hugging Face's 100 when asked.
+LONG_WORDS = [
+    ("want" * 25, {200: [5] + [6] * 24, 100: [5] + [6] * 24}),  # 100 characters
+    ("want" * 25 + "ed", {200: [5] + [6] * 24 + [7], 100: [UNK]}),  # 102
+    ("want" * 50, {200: [5] + [6] * 49, 100: [UNK]}),  # 200
+    ("want" * 50 + "ed", {200: [UNK], 100: [UNK]}),  # 202
+    ("low " + "want" * 30 + " want", {200: [13, 5] + [6] * 29 + [5], 100: [13, UNK, 5]}),  # only that word
+]
+
+
+@pytest.mark.parametrize("limit", [200, 100])
+@pytest.mark.parametrize("text, expected", LONG_WORDS, ids=lambda x: str(len(x)) if isinstance(x, str) else "")
+def test_word_length_limit_exact_ids(text, expected, limit):
+    assert ids(text, max_word_chars=limit) == expected[limit]
+    # The reference (google-research/bert's WordpieceTokenizer, 200 by default) gives the same ids.
+    reference = FullTokenizer(VOCAB, lowercase=True, max_input_chars_per_word=limit)
+    assert reference.ids(reference.tokenize(text)) == expected[limit]
+    if limit == 200:
+        assert ids(text) == expected[200]  # the default is Google's
+        default = FullTokenizer(VOCAB, lowercase=True)
+        assert default.ids(default.tokenize(text)) == expected[200]
+
+
+def test_word_length_limit_counts_characters_not_bytes():
+    vocab = VOCAB + ["é", "##é"]  # cased: the accent stays; "é" is 2 bytes in UTF-8
+    assert ids("é" * 100, lowercase=False, vocab=vocab, max_word_chars=100) == [32] + [33] * 99
+    assert ids("é" * 101, lowercase=False, vocab=vocab, max_word_chars=100) == [UNK]
+
+
+def test_word_length_limit_travels_in_tokenizer_json(tmp_path):
+    from edgebert.tokenizer import max_word_chars
+
+    for limit in (100, 200, 7):
+        build_tokenizer(VOCAB, True, 8, max_word_chars=limit).save(str(tmp_path / "tokenizer.json"))
+        loaded = load_tokenizer(tmp_path / "tokenizer.json")
+        assert max_word_chars(loaded) == limit
+        assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["max_input_chars_per_word"] == limit
+    assert encode(loaded, ["wanted wantwanted"], 8)["input_ids"][0].tolist() == [CLS, 5, 7, UNK, SEP, 0, 0, 0]
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(UsageError, match=r"^max_word_chars must be a positive integer, got "):
+            build_tokenizer(VOCAB, True, 8, max_word_chars=bad)
 
 
 def test_exact_ids_cased():
@@ -291,6 +335,8 @@ TRICKY = [
     "Mixed!!! punctuation?!... (nested [brackets] {braces}) <tags> \"quotes\" 'single' `back` ~tilde^caret|pipe\\",
     "“Smart quotes” ‘and’ — em dash – en dash … ellipsis « guillemets » ¿Qué? ¡Hola!",
     "Supercalifragilisticexpialidocious " + "x" * 99 + " " + "y" * 100 + " " + "z" * 101,
+    "words of 150, 200 and 201 characters: " + "q" * 150 + " " + "r" * 200 + " " + "s" * 201 + " end",
+    "a 120-character word with pieces: " + "running" * 17 + "x",
     "pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism",
     "lots     of      spaces\t\ttabs\n\nnewlines\r\ncarriage returns",
     "zero\u200bwidth\u200cjoiners\u200dand\ufeffbom and soft\u00adhyphen",

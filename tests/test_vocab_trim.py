@@ -168,9 +168,9 @@ def test_a_changed_segmentation_fails_the_trim(tiny_source, corpus, monkeypatch)
 
     real, calls = vocab_trim.word_piece_ids, []
 
-    def second_call_differs(vocab, lowercase, texts):
+    def second_call_differs(vocab, lowercase, texts, *limit):
         calls.append(1)
-        ids = real(vocab, lowercase, texts)
+        ids = real(vocab, lowercase, texts, *limit)
         return ids if len(calls) == 1 else [ids[0][:-1]] + ids[1:]
     monkeypatch.setattr(vocab_trim, "word_piece_ids", second_call_differs)
     with pytest.raises(ValidationError, match="re-tokenized differently after trimming = 1, threshold 0"):

@@ -15,6 +15,10 @@ from converters.commands import converters_or_exit
 from edgebert.cli import ProgressBar, say
 from edgebert.errors import UsageError
 
+# tests/test_arm64.py: tflite-runtime 2.14's int8 FULLY_CONNECTED kernels crash with 2 to ~24 input rows on
+# a CPU with the dot-product extension (emulated Cortex-A76); a bundle's rows are its tokens.
+SHORTEST_SAFE_COMPAT_LEN = 32
+
 
 @click.command("random-checkpoint")
 @click.argument("variant")
@@ -50,8 +54,9 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--quantize", default="dynamic-int8", show_default=True,
               help="float32, float16, dynamic-int8 or int8 (full integer, calibrated on real text).")
 @click.option("--seq-len", default="128", show_default=True, help="Fixed sequence length, or 'dynamic'.")
-@click.option("--head", type=click.Choice(["auto", "encoder", "classifier"]), default="auto", show_default=True,
-              help="auto: classifier when the checkpoint has one, else encoder.")
+@click.option("--head", type=click.Choice(["auto", "encoder", "classifier", "sentence-embedding"]), default="auto",
+              show_default=True, help="auto: classifier when the checkpoint has one, the sentence embedding for a "
+                                      "sentence-transformers folder, else encoder.")
 @click.option("--compat", default=None, help="tflite-runtime-2.14: a dynamic-int8 model old runtimes load.")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
               help="int8 calibration text, one sentence per line (default: samples/).")
@@ -90,6 +95,9 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
     from converters.export import Compat, QuantizeMode
     from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_len
     from edgebert.evaluate import describe as describe_evaluation, parse_column, parse_columns
+    from edgebert.bundle import output_lock
+
+    ctx.with_resource(output_lock(out_dir))  # held until the command ends: one writer per output at a time
 
     common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),
                   lowercase=lowercase, force=force, eval_file=eval_file,
@@ -116,6 +124,9 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
             result = run_recipe(chosen_recipe, source, out_dir, inputs, options, log=say,
                                 progress=epoch_progress(say), fetch_progress=progress, keep_work=keep_work)
     manifest = result.manifest
+    if options.compat is not None and (options.seq_len is None or options.seq_len < SHORTEST_SAFE_COMPAT_LEN):
+        say(f"note: tflite-runtime 2.14 crashed on fewer than {SHORTEST_SAFE_COMPAT_LEN} tokens on an emulated "
+            "Cortex-A76 (Raspberry Pi 5); there, use --seq-len 32 or more, or ai-edge-litert (README: Raspberry Pi)")
     unused = manifest["source"]["unused_variables"]
     if unused:
         say(f"note: {len(unused)} checkpoint variables not used by the export "

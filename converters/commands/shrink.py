@@ -44,7 +44,8 @@ def _counts(values) -> str:
 @click.option("--seq-len", type=int, default=None,
               help="Sequence length the examples are cut to (default: 128, or the model's positions if fewer).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Checkpoint directory to write (Google layout).")
+              help="Checkpoint directory to write, in the source's format (Hugging Face's for a Hugging Face "
+                   "source, else Google's layout).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 def prune(source, task_file, heads_fraction, ffn_fraction, drop_layers, examples, seq_len, out_dir, force):
     """Remove a classifier's least important attention heads, FFN neurons and whole layers.
@@ -54,7 +55,8 @@ def prune(source, task_file, heads_fraction, ffn_fraction, drop_layers, examples
     Importance is first-order Taylor (|sum of weight x gradient| per head and neuron) of the task loss
     on the training examples; every layer loses the same fraction. The result is a checkpoint
     directory at DIR: fine-tune it to recover accuracy (`edgebert finetune DIR --task TRAIN.tsv ...`),
-    then `edgebert convert` it. Its bert_config.json records the per-layer shapes.
+    then `edgebert convert` it. Its config (bert_config.json, or config.json for a Hugging Face source)
+    records the per-layer shapes.
     """
     heads = _fraction(heads_fraction, "--heads")
     ffn = _fraction(ffn_fraction, "--ffn")
@@ -90,7 +92,8 @@ def summary_line(out_dir: Path, report: dict) -> str:
               metavar="FILE", help="Task text: a GLUE-style TSV (texts only, labels ignored) or a .txt with one "
                                    "sentence per line. Repeat for several files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint directory to write (Google layout; `edgebert convert` takes it).")
+              help="Checkpoint directory to write, in the source's format (Hugging Face's for a Hugging Face "
+                   "source, else Google's layout); `edgebert convert` takes it.")
 @click.option("--max-tokens", type=int, default=None,
               help="Keep at most N vocab rows: specials and characters first, then the corpus's most "
                    "frequent pieces; rarer pieces are dropped and their words re-segmented.")

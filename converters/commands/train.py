@@ -59,7 +59,8 @@ def epoch_progress(log):
 @click.option("--dev", "dev_file", type=click.Path(path_type=Path), default=None,
               help="Dev TSV: scored after every epoch; the best epoch is kept (early stopping).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint directory to write (Google layout; `edgebert convert` reads it).")
+              help="Checkpoint directory to write, in the source's format (Hugging Face's for a Hugging Face "
+                   "source, else Google's layout); `edgebert convert` reads it.")
 @click.option("--text-columns", default=None, help="Text column(s) by header name or 0-based index, "
               "comma-separated (two for sentence pairs). Default: detected from the header.")
 @click.option("--label-column", default=None, help="Label column by header name or index. Default: detected.")
@@ -106,6 +107,8 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
     checkpoint is saved every epoch; rerun the same command after an interruption to resume. Add
     --teacher to distil, --prune to magnitude-prune. Then: edgebert convert OUT --out BUNDLE.
     """
+    from edgebert.bundle import check_output_dir
+    check_output_dir(out_dir, force)  # before minutes of training (the library checks the rest before it too)
     converters_or_exit()
     from converters.finetune import (MINIATURES_BATCH_SIZES, MINIATURES_LEARNING_RATES, FinetuneOptions,
                                      finetune as run_finetune, search as run_search)

@@ -43,6 +43,10 @@ COMMANDS = {
               "Measure each BUNDLE's latency, load time and memory, each in its own fresh process."),
     "predict": ("edgebert.cli.inference:predict",
                 "Run BUNDLE on each TEXT (or on each line of stdin when no TEXT, or '-', is given)."),
+    "rank": ("edgebert.cli.inference:rank",
+             "Rank the texts of FILE by the cosine of their sentence embedding to QUERY's (semantic search)."),
+    "inspect": ("edgebert.cli.inspection:inspect",
+                "Show a model's TFLite metadata, packed files, signatures, inputs, outputs and operators."),
     "evaluate": ("edgebert.cli.inference:evaluate",
                  "Score a classifier BUNDLE's model.tflite on a labelled task file (accuracy, F1, Matthews)."),
     "sweep": ("converters.commands.sweep:sweep",
@@ -57,6 +61,9 @@ COMMANDS = {
               "Remove a classifier's least important attention heads, FFN neurons and whole layers."),
     "trim-vocab": ("converters.commands.shrink:trim_vocab",
                    "Trim SOURCE's vocabulary (and embedding rows) to the pieces a task's corpus uses."),
+    "export-mediapipe": ("converters.commands.mediapipe:export_mediapipe",
+                         "Write BUNDLE's model as a .tflite that MediaPipe Tasks' TextClassifier or TextEmbedder "
+                         "runs with no app code."),
 }
 
 

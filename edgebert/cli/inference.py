@@ -1,5 +1,5 @@
-"""`edgebert bench`, `predict` and `evaluate`: running bundles on this device, as thin commands over
-edgebert.bench, edgebert.predict and edgebert.evaluate.
+"""`edgebert bench`, `predict`, `rank` and `evaluate`: running bundles on this device, as thin commands
+over edgebert.bench, edgebert.predict and edgebert.evaluate.
 
 numpy, tokenizers and the interpreter are imported inside the commands, so `edgebert bench --help` is
 fast. Library errors (BundleError, UsageError, ...) become one `error: ...` line through the group in
@@ -90,7 +90,11 @@ def write_json_atomically(path: Path, data) -> None:
               help="Also write the results file (schema edgebert.bench/1) here, atomically.")
 @click.option("--timeout", default=None, type=float,
               help="Seconds allowed per bundle before its worker is stopped and reported as failed.")
-def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, weight_cache, json_out, timeout):
+@click.option("--soak", default=None, type=int, metavar="N",
+              help="After the timed runs, N more inferences on the same interpreter with RSS sampled along the "
+                   "way; reports the anonymous and total RSS growth over the last 90 % (a leak check).")
+def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, weight_cache, json_out, timeout,
+          soak):
     """Measure each BUNDLE's latency, load time and memory, each in its own fresh process.
 
     Feeds real tokenized sentences, times warm runs one by one, and prints a table (p50/p90/p99
@@ -100,7 +104,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     from edgebert.bench import bench_many, check_options, format_table
 
     check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack,
-                  runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache)
+                  runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if json_out is not None:
@@ -108,7 +112,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     with _BundleProgress() as progress:
         results = bench_many(bundles, progress=progress, timeout=timeout, threads=threads, runs=runs,
                              warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack, runtime=runtime,
-                             inputs_file=inputs_file, weight_cache=weight_cache)
+                             inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
     click.echo(format_table(results))
     if json_out is not None:
         write_json_atomically(json_out, results)
@@ -149,22 +153,79 @@ def _pairs(texts: list[str]) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list: probabilities and logits, or the full embedding vectors.")
 @click.option("--threads", default=None, type=int, help="Interpreter threads (default: the runtime's choice).")
-def predict(bundle, texts, pair, as_json, threads):
+@click.option("--timeout", default=None, type=float,
+              help="Seconds allowed for loading and running the model before it is stopped (default: no limit).")
+def predict(bundle, texts, pair, as_json, threads, timeout):
     """Run BUNDLE on each TEXT (or on each line of stdin when no TEXT, or '-', is given).
 
     A classifier bundle prints `label (p=0.93)  text`; an encoder bundle prints the pooled embedding's
-    size, norm and first values: `dim=128 |v|=5.1234 [v0, v1, v2, v3 ...]  text`.
+    size, norm and first values: `dim=128 |v|=5.1234 [v0, v1, v2, v3 ...]  text`. The model runs in a
+    child process, so a damaged model that crashes the interpreter is one error line.
     """
-    from edgebert.predict import describe, predict as run_predict
+    from edgebert.bundle import read_bundle
+    from edgebert.isolated import run as run_isolated
+    from edgebert.predict import check_texts, describe
 
+    _check_timeout(timeout)
     lines = _stdin_lines() if not texts or list(texts) == ["-"] else list(texts)
-    inputs = _pairs(lines) if pair else lines
-    results = run_predict(bundle, inputs, threads=threads)
+    inputs = check_texts(_pairs(lines) if pair else lines)
+    checked = read_bundle(bundle)  # the files, in this process: a bad one is refused before the model runs
+    results = run_isolated("predict", {"bundle": str(bundle), "texts": inputs, "threads": threads},
+                           model_path=checked.model_path, timeout=timeout)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
     for result in results:
         click.echo(describe(result))
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, or a one-line error naming it."""
+    from edgebert.errors import SourceError
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise SourceError("not found (--texts takes a file with one text per line)", path) from None
+    except IsADirectoryError:
+        raise SourceError("is a directory (--texts takes a file with one text per line)", path) from None
+    except UnicodeDecodeError as error:
+        raise SourceError(f"is not UTF-8 (bad byte at offset {error.start})", path) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise SourceError("has no text (one text per line)", path)
+    return lines
+
+
+@click.command("rank")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("query")
+@click.option("--texts", "texts_file", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The texts to rank, one per line (UTF-8).")
+@click.option("--top", type=int, default=None, help="Print only the N most similar texts.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {score, text}, most similar first.")
+@click.option("--threads", default=None, type=int, help="Interpreter threads (default: the runtime's choice).")
+def rank(bundle, query, texts_file, top, as_json, threads):
+    """Rank the texts of FILE by the cosine of their sentence embedding to QUERY's (semantic search).
+
+    BUNDLE must be a sentence-embedding bundle (a sentence-transformers model converted with `edgebert
+    convert`). Prints `score  text`, most similar first. Runs on the device, without TensorFlow.
+    """
+    from edgebert.predict import describe_ranking, rank as run_rank
+
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    ranked = run_rank(bundle, query, _text_lines(texts_file), threads=threads)[:top]
+    if as_json:
+        click.echo(json.dumps([{"score": score, "text": text} for score, text in ranked], indent=2))
+        return
+    for score, text in ranked:
+        click.echo(describe_ranking(score, text))
 
 
 class _ExampleProgress:
@@ -199,22 +260,32 @@ class _ExampleProgress:
 @click.option("--threads", type=int, default=None, help="Interpreter threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the whole result as JSON (per-example predictions and their sha256 included).")
-def evaluate(bundle, task_file, limit, text_columns, label_column, threads, as_json):
+@click.option("--timeout", default=None, type=float,
+              help="Seconds allowed for the whole evaluation before the model is stopped (default: no limit).")
+def evaluate(bundle, task_file, limit, text_columns, label_column, threads, as_json, timeout):
     """Score a classifier BUNDLE's model.tflite on a labelled task file (accuracy, F1, Matthews).
 
     Each example is tokenized with the bundle's own tokenizer at its sequence length and run through the
     device's TFLite interpreter; the argmax of the logits is scored with the task's GLUE metrics. Needs
-    only the device-side install (no TensorFlow).
+    only the device-side install (no TensorFlow). The model runs in a child process, so a damaged model
+    that crashes the interpreter is one error line.
     """
-    from edgebert.evaluate import (describe, evaluate_bundle, load_eval_task, parse_column, parse_columns,
-                                     predictions_sha256)
+    from edgebert.bundle import read_bundle
+    from edgebert.evaluate import describe, load_eval_task, parse_column, parse_columns, predictions_sha256
+    from edgebert.isolated import run as run_isolated
+
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be a positive integer, got {limit}")
-    task = load_eval_task(task_file, text_columns=parse_columns(text_columns), label_column=parse_column(label_column))
+    _check_timeout(timeout)
+    columns, label = parse_columns(text_columns), parse_column(label_column)
+    load_eval_task(task_file, text_columns=columns, label_column=label)  # a bad file fails here, at once
+    checked = read_bundle(bundle)
     with _ExampleProgress() as progress:
-        result = evaluate_bundle(bundle, task, limit=limit, progress=progress, num_threads=threads)
+        result = run_isolated("evaluate", {"bundle": str(bundle), "task": str(task_file), "text_columns": columns,
+                                           "label_column": label, "limit": limit, "threads": threads},
+                              model_path=checked.model_path, timeout=timeout, progress=progress)
     if as_json:
         click.echo(json.dumps({**result, "predictions_sha256": predictions_sha256(result["predictions"])}, indent=2))
         return

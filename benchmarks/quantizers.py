@@ -1,0 +1,225 @@
+"""The TensorFlow converter against ai-edge-quantizer, mode by mode, and the product's default exports.
+
+    python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--runs 100] [--rounds 3]
+
+For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.tflite` per row:
+
+    float32                     the TensorFlow converter (the reference every row is compared with)
+    float16 tf | aeq            converter (float16 weights + DEQUANTIZE) | AEQ's float casting
+    dynamic-int8 tf | aeq       converter (per-channel dense, per-tensor embedding) | AEQ, every layer int8
+    int8 tf | aeq               full integer, calibrated on samples/: converter | AEQ static_wi8_ai8
+    dynamic-int4 aeq            AEQ, every layer int4 (the converter has no int4)
+    default dynamic-int8        what `edgebert convert` ships (mixed precision when all-int8 misses)
+    default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
+
+and measures each with the LiteRT interpreter (XNNPACK, 1 thread, seq 128): bytes; p50 latency over
+`--rounds` rounds that interleave the models (so that load from other users of the machine hits all
+alike), `--runs` runs per model and round, inputs cycled over the texts; and the min and mean cosine
+of every output against float32 over the texts (sequence outputs over real tokens only). Prints a
+markdown table and the CPU's facts, and writes DIR/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _texts(path: Path | None, limit: int | None) -> list[str]:
+    from edgebert import samples
+
+    if path is None:
+        return samples.load_sentences(limit=limit or 200)
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]  # a GLUE TSV: sentence first
+    return [line.split("\t")[0] for line in lines][:limit]
+
+
+def _export_rows(source_path: str, out: Path, seq_len: int, log) -> dict[str, Path]:
+    """Every row's .tflite, written into out (reused when present)."""
+    from converters.export import QuantizeMode, export_tflite
+    from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
+    from converters.pipeline import (
+        ConvertOptions,
+        _encode_each,
+        bundle_tokenizer,
+        convert,
+    )
+    from converters.pipeline import _texts as calibration_texts
+    from converters.sources import load_source
+    from edgebert.quiet import native_output_silenced
+
+    rows = {name: out / f"{name.replace(' ', '-')}.tflite" for name in (
+        "float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
+        "dynamic-int4 aeq", "default dynamic-int8", "default dynamic-int4")}
+    if all(path.is_file() for path in rows.values()):
+        return rows
+    source = load_source(source_path)
+    pooling = getattr(source, "sentence_pooling", None)
+    model = build_bert(source.config, seq_len, 0, pooling=pooling)
+    set_google_weights(model, source.config, source.weights, 0)
+    int8_model = build_bert(source.config, seq_len, 0, masked_score=INT8_MASKED_SCORE, pooling=pooling)
+    int8_model.set_weights(model.get_weights())
+    tokenizer = bundle_tokenizer(source, seq_len)
+    calibration = _encode_each(tokenizer, calibration_texts(100), seq_len)
+
+    def write(name, make):
+        if not rows[name].is_file():
+            log(f"exporting {name}")
+            with native_output_silenced():
+                rows[name].write_bytes(make())
+
+    write("float32", lambda: export_tflite(model, seq_len, QuantizeMode.FLOAT32))
+    write("float16 tf", lambda: export_tflite(model, seq_len, QuantizeMode.FLOAT16))
+    write("dynamic-int8 tf", lambda: export_tflite(model, seq_len, QuantizeMode.DYNAMIC_INT8))
+    write("int8 tf", lambda: export_tflite(int8_model, seq_len, QuantizeMode.INT8, lambda: iter(calibration)))
+    float_bytes = rows["float32"].read_bytes()
+    write("float16 aeq", lambda: _aeq_float16(float_bytes))
+    write("dynamic-int8 aeq", lambda: _aeq_all(float_bytes, "int8"))
+    write("dynamic-int4 aeq", lambda: _aeq_all(float_bytes, "int4"))
+    write("int8 aeq", lambda: _aeq_static_int8(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
+    for mode in ("dynamic-int8", "dynamic-int4"):
+        name = f"default {mode}"
+        if not rows[name].is_file():
+            log(f"converting {name} (the product's default, mixed precision on)")
+            started = time.perf_counter()
+            result = convert(source_path, out / f"{mode}.bundle", ConvertOptions(quantize=mode, seq_len=seq_len,
+                                                                                  force=True), log=log)
+            rows[name].write_bytes((result.bundle_dir / "model.tflite").read_bytes())
+            mixed = result.manifest["quantization"]["mixed_precision"]
+            (out / f"{mode}.search.json").write_text(json.dumps(
+                {**mixed, "seconds": time.perf_counter() - started}, indent=2) + "\n")
+    return rows
+
+
+def _aeq_all(float_bytes: bytes, precision: str) -> bytes:
+    from converters import quantize
+
+    prepared = quantize.prepare(float_bytes)
+    layers = quantize.find_layers(prepared)
+    plan = {layer.name: quantize.Precision(precision) if layer.quantizable else quantize.Precision.FLOAT32
+            for layer in layers}
+    return quantize.quantize(prepared, layers, plan)
+
+
+def _aeq_float16(float_bytes: bytes) -> bytes:
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    from converters.quantize import prepare
+
+    engine = quantizer.Quantizer(bytearray(prepare(float_bytes)))
+    config = qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+    engine.update_quantization_recipe(".*", qtyping.TFLOperationName.ALL_SUPPORTED, config,
+                                      algorithm_key=AlgorithmName.FLOAT_CASTING)
+    return bytes(engine.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+def _aeq_static_int8(float_bytes: bytes, calibration: list[dict]) -> bytes:
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
+    calibrated = engine.calibrate({"serving_default": calibration})
+    return bytes(engine.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+def _fidelity(rows: dict[str, Path], feeds: list[dict]) -> dict[str, dict]:
+    from edgebert.interpreter import TFLiteModel
+
+    def outputs(path):
+        model = TFLiteModel(path, num_threads=1)
+        results = []
+        for feed in feeds:
+            real = feed["attention_mask"][0].astype(bool)
+            results.append({name: value[0][real] if name == "sequence_output" else value[0]
+                            for name, value in model(**feed).items()})
+        return results
+
+    reference = outputs(rows["float32"])
+    figures = {}
+    for name, path in rows.items():
+        got = outputs(path) if name != "float32" else reference
+        figures[name] = {}
+        for output in reference[0]:
+            cosines = [float(np.ravel(a[output]) @ np.ravel(b[output])
+                             / np.linalg.norm(a[output]) / np.linalg.norm(b[output])) for a, b in zip(reference, got)]
+            figures[name][output] = {"min_cosine": min(cosines), "mean_cosine": float(np.mean(cosines))}
+    return figures
+
+
+def _latency(rows: dict[str, Path], feeds: list[dict], runs: int, rounds: int) -> dict[str, float]:
+    from edgebert.interpreter import TFLiteModel
+
+    models = {name: TFLiteModel(path, num_threads=1) for name, path in rows.items()}
+    for model in models.values():
+        for feed in feeds[:5]:  # warm-up: XNNPACK packs weights on the first call
+            model(**feed)
+    times = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for run in range(runs):
+                feed = feeds[run % len(feeds)]
+                started = time.perf_counter_ns()
+                model(**feed)
+                times[name].append((time.perf_counter_ns() - started) / 1e6)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _cpu() -> dict:
+    facts = {"machine": platform.machine(), "python": platform.python_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        facts["model"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+        facts["flags"] = [flag for flag in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile") if flag in flags]
+    except (OSError, StopIteration):
+        pass
+    return facts
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--texts", type=Path, help="a GLUE TSV whose first column is the sentence (default: samples/)")
+    parser.add_argument("--limit", type=int, help="at most this many texts")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = lambda message: print(message, flush=True)
+    rows = _export_rows(args.source, args.out, args.seq_len, log)
+
+    from converters.pipeline import _encode_each, bundle_tokenizer
+    from converters.sources import load_source
+
+    tokenizer = bundle_tokenizer(load_source(args.source), args.seq_len)
+    feeds = _encode_each(tokenizer, _texts(args.texts, args.limit), args.seq_len)
+    log(f"fidelity over {len(feeds)} texts")
+    fidelity = _fidelity(rows, feeds)
+    log(f"latency: {args.rounds} rounds x {args.runs} runs, 1 thread")
+    latency = _latency(rows, feeds, args.runs, args.rounds)
+    results = {"source": args.source, "texts": str(args.texts or "samples/"), "examples": len(feeds),
+               "seq_len": args.seq_len, "cpu": _cpu(),
+               "rows": {name: {"bytes": path.stat().st_size, "p50_ms": latency[name], "fidelity": fidelity[name]}
+                        for name, path in rows.items()}}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    outputs = list(fidelity["float32"])
+    print(f"\n{results['cpu']}; {len(feeds)} texts from {results['texts']}\n")
+    print("| export | bytes | p50 ms | " + " | ".join(f"{o} min / mean cos" for o in outputs) + " |")
+    print("|---|---:|---:|" + "---:|" * len(outputs))
+    for name, row in results["rows"].items():
+        cells = " | ".join(f"{row['fidelity'][o]['min_cosine']:.5f} / {row['fidelity'][o]['mean_cosine']:.5f}"
+                           for o in outputs)
+        print(f"| {name} | {row['bytes']:,} | {row['p50_ms']:.2f} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

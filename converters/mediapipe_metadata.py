@@ -1,0 +1,444 @@
+"""MediaPipe Tasks: a bundle's model as the `.tflite` that MediaPipe's TextClassifier and TextEmbedder
+(Android, iOS, the web, Python) run with no app code.
+
+MediaPipe reads a BERT model's contract from TFLite Model Metadata packed into the file, and requires:
+one subgraph; three int32 inputs [1, S] (all fixed or all dynamic) whose tensor metadata is named
+`ids`, `mask` and `segment_ids`; a BertTokenizer input process unit with the vocabulary packed into
+the file as a VOCABULARY file; for a classifier, the labels as a TENSOR_AXIS_LABELS file. It treats
+every output tensor as one classification head or one embedding, and applies no softmax. So what
+MediaPipe sees, per head:
+
+    head                task            the one output
+    classifier          TextClassifier  `probabilities`: a SOFTMAX appended to `logits`
+    sentence-embedding  TextEmbedder    `sentence_embedding`, the graph edgebert runs, unchanged
+    encoder             TextEmbedder    `pooled_output` (`sequence_output` dropped: it would be a second
+                                        embedding of S x H values)
+
+A sentence-embedding bundle's own model.tflite carries the metadata (`edgebert convert` writes it; the
+interpreter ignores metadata, so edgebert's runner is unaffected). Classifier and encoder bundles keep
+the contract edgebert's runner, validation and device tests read (`logits`; `sequence_output` +
+`pooled_output`), and `edgebert export-mediapipe BUNDLE --out FILE` writes their MediaPipe file: the
+same graph and weights plus the SOFTMAX (classifier) or minus an output (encoder), with the metadata.
+The vocabulary packed is always the bundle's own (after `trim-vocab`, the trimmed one).
+
+The metadata is written by MediaPipe's own writers (`mediapipe.tasks.python.metadata.metadata_writers`
+in PyPI `mediapipe` 1.2.3), imported here without running `mediapipe/__init__.py` (which imports cv2
+and matplotlib) and without TensorFlow, with a stand-in for the native module the 1.2.3 wheel lacks
+(`_pywrap_metadata_version`: "1.1.0" is the parser version a BERT tokenizer with a vocab file needs).
+mediapipe 1.2.3 pins absl-py~=2.3 and tensorflow-model-optimization pins absl-py~=1.2, so pip cannot
+resolve both in one environment: install it with `pip install --no-deps mediapipe==1.2.3` (the writers
+need only flatbuffers and numpy, which the converter has).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgebert.errors import BundleError, UsageError
+
+MEDIAPIPE_VERSION = "1.2.3"
+INSTALL_HINT = f"pip install --no-deps mediapipe=={MEDIAPIPE_VERSION}"
+METADATA_NAME = "TFLITE_METADATA"  # the TFLite model's metadata entry that holds the ModelMetadata buffer
+PARSER_VERSION = "1.1.0"  # the metadata parser version a BertTokenizer with a vocab file needs
+SIGNATURE = "serving_default"
+INPUTS = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "segment_ids"}  # edgebert -> MediaPipe
+NEEDED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+VOCAB_FILE = "vocab.txt"
+TASKS = {"classifier": ("TextClassifier", "probabilities"),
+         "sentence-embedding": ("TextEmbedder", "sentence_embedding"),
+         "encoder": ("TextEmbedder", "pooled_output")}
+EXPORT_COMMAND = "edgebert export-mediapipe BUNDLE --out FILE"
+
+
+# --- importing MediaPipe's writers ----------------------------------------------------------------------
+
+def _package(name: str, path: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = [path]
+    module.__package__ = name
+    return module
+
+
+def import_mediapipe(module: str) -> types.ModuleType:
+    """A submodule of PyPI `mediapipe` (the metadata writers, the text tasks), imported without running
+    the package's `__init__` (cv2, matplotlib, audio) and without importing TensorFlow for it; a
+    UsageError with the install line when mediapipe is not installed."""
+    absent = UsageError(f"MediaPipe's metadata writers are not installed: {INSTALL_HINT}")
+    if "mediapipe" in sys.modules and sys.modules["mediapipe"] is None:  # import blocked
+        raise absent
+    if "mediapipe" not in sys.modules:
+        spec = importlib.util.find_spec("mediapipe")
+        if spec is None or not spec.submodule_search_locations:
+            raise absent
+        root = spec.submodule_search_locations[0]
+        # The packages on the way down, as bare namespaces: their __init__ files import every task.
+        for name, sub in (("mediapipe", ""), ("mediapipe.tasks", "tasks"), ("mediapipe.tasks.python", "tasks/python")):
+            sys.modules.setdefault(name, _package(name, os.path.join(root, sub)))
+        try:
+            from importlib.metadata import version
+            sys.modules["mediapipe"].__version__ = version("mediapipe")
+        except Exception:  # noqa: BLE001 - a version string is only informative
+            pass
+    _stub_metadata_version()
+    blocked = "tensorflow" not in sys.modules  # mediapipe's metadata.py uses TF's file API when it can import TF
+    if blocked:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise UsageError(f"cannot import {module} ({error}); MediaPipe's writers need {INSTALL_HINT}") from None
+    finally:
+        if blocked and sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+
+
+def _stub_metadata_version() -> None:
+    """mediapipe 1.2.3's wheel lacks the native module that computes the metadata parser version."""
+    name = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+        return
+    except ImportError:
+        pass
+    parents = ("mediapipe.tasks.cc", "mediapipe.tasks.cc.metadata", "mediapipe.tasks.cc.metadata.python")
+    for parent in parents:
+        if parent not in sys.modules:
+            module = types.ModuleType(parent)
+            module.__path__ = []
+            sys.modules[parent] = module
+    stub = types.ModuleType(name)
+    stub.GetMinimumMetadataParserVersion = lambda *args, **kwargs: PARSER_VERSION
+    sys.modules[name] = stub
+    sys.modules[parents[-1]]._pywrap_metadata_version = stub
+
+
+def writers_available() -> bool:
+    try:
+        import_mediapipe("mediapipe.tasks.python.metadata.metadata_writers.metadata_writer")
+    except UsageError:
+        return False
+    return True
+
+
+# --- the graph MediaPipe runs ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prepared:
+    """A single-output model ready for its metadata, and the model's names MediaPipe's writer needs."""
+    model: bytes
+    input_tensor_names: dict[str, str]  # edgebert input name -> the model's tensor name
+    output: str
+    seq_len: int | None
+
+
+def single_output_model(model_bytes: bytes, head: str, where: str | os.PathLike) -> Prepared:
+    """The graph MediaPipe runs for this head (see the module docstring), with any earlier metadata and
+    its packed files removed. `where` names the model in errors."""
+    if head not in TASKS:
+        raise UsageError(f"head {head!r} has no MediaPipe task (expected one of {', '.join(TASKS)})", where)
+    fb = import_mediapipe("mediapipe.tasks.metadata.schema_py_generated")
+    import flatbuffers
+
+    try:
+        model = fb.ModelT.InitFromPackedBuf(bytes(model_bytes), 0)
+    except Exception as error:  # noqa: BLE001 - a corrupt flatbuffer raises anything
+        raise BundleError(f"not a TFLite model ({type(error).__name__}: {error})", where) from None
+    if len(model.subgraphs or []) != 1:
+        raise UsageError(f"MediaPipe needs one subgraph; this model has {len(model.subgraphs or [])}", where)
+    graph = model.subgraphs[0]
+    signature = next((s for s in model.signatureDefs or [] if _text(s.signatureKey) == SIGNATURE), None)
+    if signature is None:
+        raise BundleError(f"model has no {SIGNATURE!r} signature", where)
+    inputs = {_text(item.name): int(item.tensorIndex) for item in signature.inputs or []}
+    if sorted(inputs) != sorted(INPUTS) or sorted(inputs.values()) != sorted(int(i) for i in graph.inputs):
+        raise UsageError(f"MediaPipe's BERT tasks need the inputs {', '.join(INPUTS)}; this model has "
+                         f"{', '.join(sorted(inputs)) or 'none'}", where)
+    shapes = set()
+    for name, index in inputs.items():
+        tensor = graph.tensors[index]
+        signature_shape = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+        shape = tuple(int(v) for v in signature_shape)
+        if tensor.type != fb.TensorType.INT32 or len(shape) != 2 or shape[0] != 1:
+            raise UsageError(f"MediaPipe needs int32 [1, S] inputs; {name} is {_type_name(fb, tensor.type)} "
+                             f"{list(shape)}", where)
+        shapes.add(shape[1])
+    if len(shapes) != 1:
+        raise UsageError(f"MediaPipe needs the three inputs at one length; they have {sorted(shapes)}", where)
+    length = shapes.pop()
+
+    outputs = {_text(item.name): int(item.tensorIndex) for item in signature.outputs or []}
+    _, output = TASKS[head]
+    if head == "classifier":
+        if "logits" not in outputs:
+            raise BundleError(f"classifier model has no 'logits' output (has {sorted(outputs)})", where)
+        kept = _append_softmax(fb, model, outputs["logits"])
+    else:
+        if output not in outputs:
+            raise BundleError(f"{head} model has no {output!r} output (has {sorted(outputs)})", where)
+        kept = outputs[output]
+    graph.outputs = np.array([kept], dtype=np.int32)
+    entry = fb.TensorMapT()
+    entry.name, entry.tensorIndex = output, kept
+    signature.outputs = [entry]
+    _drop_metadata(fb, model)
+
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    names = {name: _text(graph.tensors[index].name) for name, index in inputs.items()}
+    return Prepared(bytes(builder.Output()), names, output, None if length < 0 else length)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _type_name(fb, code: int) -> str:
+    return next((name for name, value in vars(fb.TensorType).items() if value == code), str(code)).lower()
+
+
+def _append_softmax(fb, model, logits: int) -> int:
+    """probabilities = SOFTMAX(logits, beta 1): a new tensor and operator at the end of the graph."""
+    graph = model.subgraphs[0]
+    code = next((i for i, c in enumerate(model.operatorCodes)
+                 if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.SOFTMAX), None)
+    if code is None:
+        operator_code = fb.OperatorCodeT()
+        operator_code.builtinCode = operator_code.deprecatedBuiltinCode = fb.BuiltinOperator.SOFTMAX
+        operator_code.version = 1
+        model.operatorCodes.append(operator_code)
+        code = len(model.operatorCodes) - 1
+    source = graph.tensors[logits]
+    model.buffers.append(fb.BufferT())  # an activation: an empty buffer of its own
+    tensor = fb.TensorT()
+    tensor.name, tensor.type, tensor.buffer = "probabilities", fb.TensorType.FLOAT32, len(model.buffers) - 1
+    tensor.shape = np.array(source.shape, dtype=np.int32)
+    if source.shapeSignature is not None:
+        tensor.shapeSignature = np.array(source.shapeSignature, dtype=np.int32)
+    graph.tensors.append(tensor)
+    operator = fb.OperatorT()
+    operator.opcodeIndex = code
+    operator.inputs = np.array([logits], dtype=np.int32)
+    operator.outputs = np.array([len(graph.tensors) - 1], dtype=np.int32)
+    operator.builtinOptionsType = fb.BuiltinOptions.SoftmaxOptions
+    operator.builtinOptions = fb.SoftmaxOptionsT()
+    operator.builtinOptions.beta = 1.0
+    graph.operators.append(operator)
+    return len(graph.tensors) - 1
+
+
+def _drop_metadata(fb, model) -> None:
+    """Forget an earlier TFLITE_METADATA entry (its buffer is emptied; indices stay valid). Packing the
+    model also leaves behind the zip of associated files that followed the old flatbuffer."""
+    kept = []
+    for entry in model.metadata or []:
+        if _text(entry.name) == METADATA_NAME:
+            model.buffers[entry.buffer] = fb.BufferT()
+        else:
+            kept.append(entry)
+    model.metadata = kept
+
+
+# --- the metadata ---------------------------------------------------------------------------------------
+
+def check_vocab(vocab: list[str], where: str | os.PathLike) -> None:
+    missing = [token for token in NEEDED_TOKENS if token not in vocab]
+    if missing:
+        raise UsageError(f"MediaPipe's BERT tokenizer needs {', '.join(NEEDED_TOKENS)} in the vocabulary; "
+                         f"missing {', '.join(missing)}", where)
+    bad = next((token for token in vocab if not token or any(c in token for c in "\r\n")), None)
+    if bad is not None:
+        raise UsageError(f"vocabulary token {bad!r} cannot be written one per line", where)
+
+
+def mediapipe_model(model_bytes: bytes, *, head: str, vocab: list[str], labels: list[str] | None = None,
+                    lowercase: bool = True, name: str = "", where: str | os.PathLike = "model.tflite") -> bytes:
+    """The model as MediaPipe runs it (see the module docstring), with its metadata packed in."""
+    if not lowercase:
+        raise UsageError("is a cased model, and MediaPipe's BERT tokenizer lower-cases every text: it would "
+                         "feed this model other ids than its own tokenizer", where)
+    check_vocab(vocab, where)
+    prepared = single_output_model(model_bytes, head, where)
+    return write_metadata(prepared, head=head, vocab=vocab, labels=labels, name=name, where=where)
+
+
+def write_metadata(prepared: Prepared, *, head: str, vocab: list[str], labels: list[str] | None = None,
+                   name: str = "", where: str | os.PathLike = "model.tflite") -> bytes:
+    """Pack MediaPipe's metadata (tokenizer + vocab, input names, the output; labels for a classifier)
+    into a single-output model, with MediaPipe's own writers."""
+    metadata_writer = import_mediapipe("mediapipe.tasks.python.metadata.metadata_writers.metadata_writer")
+    task, output = TASKS[head]
+    names = prepared.input_tensor_names
+    with tempfile.TemporaryDirectory(prefix="edgebert-mediapipe-") as scratch:
+        vocab_path = Path(scratch) / VOCAB_FILE
+        vocab_path.write_text("".join(token + "\n" for token in vocab), encoding="utf-8")
+        tokenizer = metadata_writer.BertTokenizer(str(vocab_path))
+        writer = metadata_writer.MetadataWriter.create(bytearray(prepared.model))
+        description = _description(head, name)
+        writer.add_general_info(name or task, description)
+        writer.add_bert_text_input(tokenizer, names["input_ids"], names["attention_mask"], names["token_type_ids"])
+        if head == "classifier":
+            if not labels or any(not label or any(c in label for c in "\r\n") for label in labels):
+                raise UsageError(f"MediaPipe needs one non-empty label name per class, got {labels!r}", where)
+            writer.add_classification_output(metadata_writer.Labels().add(list(labels)), name=output,
+                                             description="Probability of each label (softmax of the logits).")
+        else:
+            writer.add_feature_output(name=output, description=_OUTPUT_DESCRIPTIONS[head])
+        try:
+            content, _ = writer.populate()
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(f"MediaPipe's metadata writer failed: {error}", where) from None
+    return bytes(content)
+
+
+_OUTPUT_DESCRIPTIONS = {
+    "sentence-embedding": "The sentence embedding (the sentence-transformers model's pooling).",
+    "encoder": "BERT's pooled output: tanh(dense(the [CLS] token's last hidden state)).",
+}
+
+
+def _description(head: str, name: str) -> str:
+    what = {"classifier": "Classifies a text", "sentence-embedding": "Embeds a text",
+            "encoder": "BERT's pooled output for a text"}[head]
+    return f"{what}; converted by edgebert{f' ({name})' if name else ''}."
+
+
+# --- bundles --------------------------------------------------------------------------------------------
+
+def what_mediapipe_sees(head: str, seq_len: int | None, file: str | None, *, metadata_bytes: int | None = None,
+                        reason: str | None = None) -> dict:
+    """The manifest's `mediapipe` record: which file MediaPipe loads, as which task, which output, at which
+    length (MediaPipe pads and truncates to S; a dynamic model gets each text at its own length)."""
+    task, output = TASKS[head]
+    record = {"task": task, "file": file, "output": output, "seq_len": seq_len or "dynamic",
+              "tokenizer": TOKENIZER_NOTE}
+    if metadata_bytes is not None:
+        record["metadata_bytes"] = metadata_bytes
+    if file is None:
+        record["export"] = EXPORT_COMMAND
+    notes = [reason] if reason else []
+    if seq_len is None:
+        notes.append(DYNAMIC_NOTE)
+    if notes:
+        record["note"] = "; ".join(notes)
+    return record
+
+
+TOKENIZER_NOTE = ("MediaPipe's own BERT tokenizer with this bundle's vocabulary, single texts (segment ids 0); it "
+                  "gives other ids than the bundle's tokenizer on accented and non-Latin text (it lower-cases "
+                  "ASCII only and strips no accents)")
+DYNAMIC_NOTE = ("dynamic length: MediaPipe feeds each text at its own length and does not truncate, so a text "
+                "over the model's positions fails; convert with a fixed --seq-len for MediaPipe")
+
+
+def for_convert(model_bytes: bytes, *, head: str, tokenizer, labels: list[str], lowercase: bool,
+                seq_len: int | None, name: str, log=lambda message: None) -> tuple[bytes, dict]:
+    """What `edgebert convert` does: a sentence-embedding model gets its metadata in model.tflite itself
+    (when MediaPipe's writers are installed and the model is uncased), with the vocabulary of the bundle's
+    `tokenizer`; other heads are left as they are and the record says how to export their MediaPipe
+    file. Returns (the model's bytes, the manifest's `mediapipe` record)."""
+    if head != "sentence-embedding":
+        return model_bytes, what_mediapipe_sees(head, seq_len, None)
+    reason = None
+    if not lowercase:
+        reason = "cased model: MediaPipe's BERT tokenizer lower-cases every text, so no metadata was written"
+    elif not writers_available():
+        reason = f"MediaPipe's metadata writers were not installed ({INSTALL_HINT}), so no metadata was written"
+    if reason:
+        log(f"note: {reason}")
+        return model_bytes, what_mediapipe_sees(head, seq_len, None, reason=reason)
+    vocab = vocab_in_id_order(tokenizer.get_vocab(with_added_tokens=True), name)
+    with_metadata = mediapipe_model(model_bytes, head=head, vocab=vocab, labels=labels, lowercase=lowercase,
+                                    name=name, where=name or "model.tflite")
+    record = what_mediapipe_sees(head, seq_len, "model.tflite", metadata_bytes=len(with_metadata) - len(model_bytes))
+    return with_metadata, record
+
+
+def bundle_vocab(tokenizer_path: Path) -> list[str]:
+    """The bundle's vocabulary in id order, from its tokenizer.json."""
+    from edgebert import tokenizer as tokenization
+
+    loaded = tokenization.load_tokenizer(tokenizer_path)
+    return vocab_in_id_order(loaded.get_vocab(with_added_tokens=True), tokenizer_path)
+
+
+def vocab_in_id_order(ids: dict[str, int], where: str | os.PathLike) -> list[str]:
+    """token -> id as a list indexed by id (the ids must be 0..N-1)."""
+    by_id = sorted(ids.items(), key=lambda item: item[1])
+    if [index for _, index in by_id] != list(range(len(by_id))):
+        raise BundleError("tokenizer vocabulary ids are not contiguous", where)
+    return [token for token, _ in by_id]
+
+
+def export_bundle(bundle_dir: str | os.PathLike, out_file: str | os.PathLike, *, force: bool = False) -> dict:
+    """Write BUNDLE's model as MediaPipe runs it to out_file (atomically), after checking that it gives the
+    bundle model's own outputs on golden.json's inputs (a classifier: the softmax of its logits)."""
+    from edgebert.bundle import read_bundle
+
+    bundle = read_bundle(bundle_dir)
+    out_file = Path(out_file)
+    if out_file.is_dir():
+        raise UsageError("is a directory; --out names the .tflite file to write", out_file)
+    if out_file.exists() and not force:
+        raise UsageError("already exists (pass --force to replace it)", out_file)
+    if not out_file.parent.is_dir():
+        raise UsageError("cannot write here: its directory does not exist", out_file)
+    head = bundle.manifest.get("head")
+    if head not in TASKS:
+        raise BundleError(f"manifest head is {head!r} (expected one of {', '.join(TASKS)})",
+                          bundle.path / "manifest.json")
+    lowercase = bool((bundle.manifest.get("tokenizer") or {}).get("lowercase", True))
+    vocab = bundle_vocab(bundle.tokenizer_path)
+    source = bundle.model_path.read_bytes()
+    model = mediapipe_model(source, head=head, vocab=vocab, labels=bundle.labels, lowercase=lowercase,
+                            name=bundle.manifest.get("name") or bundle.path.name, where=bundle.path)
+    worst = _check_against_bundle(bundle, model, head)
+    staging = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
+    try:
+        staging.write_bytes(model)
+        os.replace(staging, out_file)
+    finally:
+        staging.unlink(missing_ok=True)
+    task, output = TASKS[head]
+    return {"file": str(out_file), "bytes": len(model), "bundle_model_bytes": len(source), "task": task,
+            "output": output, "seq_len": bundle.seq_len or "dynamic", "labels": bundle.labels if head == "classifier"
+            else [], "vocab_size": len(vocab), "max_abs_diff": worst,
+            "notes": [DYNAMIC_NOTE] if bundle.seq_len is None else []}
+
+
+def _check_against_bundle(bundle, model: bytes, head: str) -> float:
+    """Run the bundle's model.tflite and the MediaPipe model on golden.json's ids: the output MediaPipe
+    sees must be the bundle's (a classifier's: the softmax of its logits) within 1e-5."""
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.predict import softmax
+
+    examples = [e for e in (bundle.golden.get("examples") or []) if e.get("text_pair") is None]
+    if not examples:
+        raise BundleError("golden.json has no single-text example to check the MediaPipe model on",
+                          bundle.path / "golden.json")
+    task, output = TASKS[head]
+    with tempfile.TemporaryDirectory(prefix="edgebert-mediapipe-check-") as scratch:
+        path = Path(scratch) / "mediapipe.tflite"
+        path.write_bytes(model)
+        original, exported = TFLiteModel(bundle.model_path), TFLiteModel(path)
+        worst = 0.0
+        for example in examples:
+            feed = {name: np.asarray([example[name]], dtype=np.int32) for name in INPUTS}
+            want = original(**feed)
+            got = np.asarray(exported(**feed)[output], dtype=np.float64).reshape(-1)
+            expected = softmax(np.asarray(want["logits"]).reshape(-1)) if head == "classifier" \
+                else np.asarray(want[output], dtype=np.float64).reshape(-1)
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= 1e-5:
+        raise BundleError(f"the MediaPipe model's {output} differs from the bundle's by {worst:.3g} (limit 1e-5)",
+                          bundle.path)
+    return worst
