@@ -1,4 +1,5 @@
-"""The peer benchmark's end-to-end tests, run in the environment that has its heavy extra.
+"""The peer benchmark's end-to-end tests (and the pytorch_model.bin loader), run in the environment that has
+the heavy [bench] extra.
 
 torch, transformers<5, onnxruntime and onnx (the [bench] extra) stay out of the main environment, so
 tests/test_peer_benchmark.py skips its real tests there. `.ci/run` makes `.venv-bench` with them
@@ -21,13 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_PYTHON = Path(os.environ.get("EDGEBERT_BENCH_PYTHON", REPO / ".venv-bench" / "bin" / "python"))
 
 
-def test_peer_benchmark_tests_pass_in_the_bench_environment():
+def test_peer_benchmark_and_torch_tests_pass_in_the_bench_environment():
     if not BENCH_PYTHON.is_file():
         missing(f"no Python with the [bench] extra at {BENCH_PYTHON} (python -m venv .venv-bench && "
                 ".venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install -e '.[convert,bench,test]')")
     if Path(sys.prefix).resolve() == BENCH_PYTHON.parent.parent.resolve():
         pytest.skip("this is the bench environment itself: tests/test_peer_benchmark.py runs here directly")
-    done = subprocess.run([str(BENCH_PYTHON), "-m", "pytest", "tests/test_peer_benchmark.py", "-q", "-rs",
+    # Also the one README claim that needs torch: pytorch_model.bin loads through torch's weights_only.
+    done = subprocess.run([str(BENCH_PYTHON), "-m", "pytest", "tests/test_peer_benchmark.py",
+                           "tests/test_sources.py::test_pytorch_model_bin_through_weights_only", "-q", "-rs",
                            "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]
