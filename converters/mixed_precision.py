@@ -248,7 +248,7 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
     layers = quantize.find_layers(prepared)
     chosen = quantize.apply_overrides(layers, precision, overrides)
     start = {name: choice[0] for name, choice in chosen.items()}
-    fixed = {name for name, choice in chosen.items() if choice[1].startswith("recipe override")}
+    fixed = {layer.name for layer in layers if any(override.matches(layer.name) for override in overrides)}
     evaluate = Evaluator(prepared, layers, check, scratch, quantize.quantize)
     reasons = {name: choice[1] for name, choice in chosen.items()}
     tool = f"ai-edge-quantizer {quantize.quantizer_version()}"
@@ -261,7 +261,7 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
         reasons[name] = (f"mixed precision: raised from {before.value} to {after.value} (quantized alone it "
                          f"used {sensitivity:.3g} of the thresholds' error budget)")
     baseline = first_bytes or first.size
-    summary = _summary(result, layers, baseline, mode, evaluate.evaluations, check)
+    summary = _summary(result, layers, baseline, mode, evaluate.evaluations)
     manifest = _manifest(result.best.model, tool, reasons, mixed, budget)
     manifest["mixed_precision"].update({
         "searched": True, "evaluations": evaluate.evaluations, "raised": sorted(result.raised),
@@ -270,7 +270,8 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
     return QuantizedExport(result.best.model, check.record(result.best.report), manifest, summary)
 
 
-def _summary(result: SearchResult, layers: list[Layer], baseline: int, mode, evaluations: int, check) -> str:
+def _summary(result: SearchResult, layers: list[Layer], baseline: int, mode, evaluations: int) -> str:
+    """The one line a user reads: which layers went up, what it cost, the figure that now holds."""
     steps: dict[str, list[str]] = {}
     for name, (before, after, _) in sorted(result.raised.items(), key=lambda item: -item[1][2]):
         steps.setdefault(f"{before.value} -> {after.value}", []).append(name)

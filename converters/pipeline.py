@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from converters.mixed_precision import (DEFAULT_BUDGET, check_budget, converter_makes_it, finish_export,
-                                        quantizer_precision)
 from converters.export import Compat, QuantizeMode, export_tflite
 from converters import mediapipe_metadata
+from converters.mixed_precision import (DEFAULT_BUDGET, check_budget, converter_makes_it, finish_export,
+                                        quantizer_precision)
 from converters.quantize import Override, check_overrides, expected_layer_names
 from converters.sentence_embedding import SentencePooling
 from edgebert.quiet import native_output_silenced

@@ -456,3 +456,24 @@ def test_compat_below_32_tokens_notes_the_pi_5_crash(tiny_checkpoint, tmp_path):
                   "--seq-len", "32")
     assert safe.exit_code == 0, safe.stderr
     assert note not in safe.stderr
+
+
+def test_mixed_precision_options_reach_the_converter(tiny_checkpoint, tmp_path, monkeypatch):
+    from converters import pipeline
+
+    seen = {}
+    real_convert = pipeline.convert
+
+    def spy(source, out_dir, options, **kwargs):
+        seen["options"] = options
+        return real_convert(source, out_dir, options, **kwargs)
+
+    monkeypatch.setattr(pipeline, "convert", spy)
+    result = invoke("convert", tiny_checkpoint, "--out", tmp_path / "b", "--seq-len", "32",
+                    "--mixed-precision", "off", "--mixed-precision-budget", "0.1")
+    assert result.exit_code == 0, result.stderr
+    assert (seen["options"].mixed_precision, seen["options"].mixed_precision_budget) == (False, 0.1)
+    line = error_line(invoke("convert", tiny_checkpoint, "--out", tmp_path / "c", "--mixed-precision-budget", "2"), 2)
+    assert line == ("error: --mixed-precision-budget must be a share between 0 and 1 of the weights' float32 "
+                    "bytes, got 2.0")
+    assert not (tmp_path / "c").exists()

@@ -52,7 +52,15 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.argument("source")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--quantize", default="dynamic-int8", show_default=True,
-              help="float32, float16, dynamic-int8 or int8 (full integer, calibrated on real text).")
+              help="float32, float16, dynamic-int8, int8 (full integer, calibrated on real text) or dynamic-int4 "
+                   "(int4 weights per channel, int8 activations at run time; by ai-edge-quantizer).")
+@click.option("--mixed-precision", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="When an export misses its mode's validation thresholds, raise the precision of the fewest, most "
+                   "sensitive layers (int4 -> int8 -> float32) until it passes (dynamic-int8, dynamic-int4). off: "
+                   "refuse such an export.")
+@click.option("--mixed-precision-budget", type=float, default=None, metavar="SHARE",
+              help="Largest share of the layers' weights (at float32 size) the search may keep in float32 "
+                   "(default 0.25); if no mix within it passes, nothing is written.")
 @click.option("--seq-len", default="128", show_default=True, help="Fixed sequence length, or 'dynamic'.")
 @click.option("--head", type=click.Choice(["auto", "encoder", "classifier", "sentence-embedding"]), default="auto",
               show_default=True, help="auto: classifier when the checkpoint has one, the sentence embedding for a "
@@ -83,7 +91,8 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--keep-work", is_flag=True, help="With --recipe: keep DIR.recipe-work (each step's checkpoint).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.pass_context
-def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_file, labels, lowercase, eval_file,
+def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, seq_len, head, compat,
+            calibration_file, labels, lowercase, eval_file,
             eval_text_columns, eval_label_column, recipe, task_file, dev_file, corpus_files, keep_work, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
 
@@ -99,6 +108,8 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
 
     ctx.with_resource(output_lock(out_dir))  # held until the command ends: one writer per output at a time
 
+    precision = {"mixed_precision": mixed_precision == "on" if given(ctx, "mixed_precision") else None,
+                 "mixed_precision_budget": mixed_precision_budget}
     common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),
                   lowercase=lowercase, force=force, eval_file=eval_file,
                   eval_text_columns=parse_columns(eval_text_columns), eval_label_column=parse_column(eval_label_column))
@@ -106,7 +117,8 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
         if task_file or dev_file or corpus_files or keep_work:
             raise UsageError("--task, --dev, --corpus and --keep-work go with --recipe")
         options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len),
-                                 compat=Compat.parse(compat), **common)
+                                 compat=Compat.parse(compat), **{k: v for k, v in precision.items() if v is not None},
+                                 **common)
         with ProgressBar(f"downloading {source}") as progress:
             result = run_convert(source, out_dir, options, log=say, fetch_progress=progress)
     else:
@@ -114,9 +126,9 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
         from converters.recipes import RecipeInputs, convert_options, load_recipe, run_recipe
 
         chosen_recipe = load_recipe(recipe)
-        given = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
-        chosen = {name: value if given(name) else None
+        chosen = {name: value if given(ctx, name) else None
                   for name, value in (("quantize", quantize), ("seq_len", seq_len), ("compat", compat))}
+        chosen.update(precision)
         options = convert_options(chosen_recipe, chosen, **common)
         inputs = RecipeInputs(task=task_file, dev=dev_file, corpus=tuple(corpus_files))
         say(f"recipe {chosen_recipe.summary()}")
@@ -136,6 +148,11 @@ def convert(ctx, source, out_dir, quantize, seq_len, head, compat, calibration_f
         say(f"evaluated: {describe_evaluation(manifest['evaluation'])}")
     click.echo(f"{out_dir}  ({manifest['sizes']['model_bytes']:,} bytes, {manifest['recipe']['quantize']}, "
                f"{result.seconds:.1f} s)")
+
+
+def given(ctx, name: str) -> bool:
+    """Whether the command line set this option (a recipe's value wins over an option's default)."""
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
 
 @click.command()
