@@ -8,9 +8,6 @@ with Dense kernels as [in, out] (Google's orientation).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +114,9 @@ def write_checkpoint_directory(out_dir: Path, config: BertConfig, weights: dict[
         raise ConfigError(f"vocab has {len(vocab)} tokens but the config says vocab_size {config.vocab_size}")
     if out_dir.exists() and not force:
         raise OutputError("already exists (pass --force to replace it)", out_dir)
-    from edgebert.bundle import remove_stale_staging
+    from edgebert.bundle import staged_directory
 
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(out_dir)  # what a killed writer of out_dir left (the names carry the pid)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-    except OSError as error:
-        raise OutputError(f"cannot write here: {error.strerror or error}", out_dir) from None
-    try:
+    with staged_directory(out_dir) as staging:
         write_checkpoint(weights, staging / CHECKPOINT_PREFIX)
         (staging / "bert_config.json").write_text(json.dumps(config.to_google_json(), indent=2) + "\n")
         (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -133,23 +124,6 @@ def write_checkpoint_directory(out_dir: Path, config: BertConfig, weights: dict[
             (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():  # force: move the old one aside, swap, then delete it (it stays if the swap fails)
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
-            os.replace(out_dir, retired / "old")
-            try:
-                os.replace(staging, out_dir)
-            except BaseException:
-                os.replace(retired / "old", out_dir)
-                raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write: {error.strerror or error} (nothing was written)", out_dir) from None
-        raise
     return out_dir
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,7 +266,7 @@ def write_hf_directory(out_dir: Path, config: BertConfig, weights: dict[str, np.
     A full disk or a read-only place is one OutputError naming out_dir."""
     from safetensors.numpy import save
 
-    from edgebert.bundle import check_output_dir, remove_stale_staging
+    from edgebert.bundle import check_output_dir, staged_directory, write_files
 
     out_dir = Path(out_dir)
     if len(vocab) != config.vocab_size:
@@ -276,38 +274,10 @@ def write_hf_directory(out_dir: Path, config: BertConfig, weights: dict[str, np.
     files = {WEIGHTS_FILE: save(hf_tensors(config, weights), metadata={"format": "pt"}),  # as save_pretrained
              **files}
     check_output_dir(out_dir, force)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(out_dir)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-    except OSError as error:
-        raise OutputError(f"cannot write here: {error.strerror or error}", out_dir) from None
-    try:
+    with staged_directory(out_dir) as staging:
         for folder in folders:
             (staging / folder).mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            with open(staging / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        if out_dir.exists():  # force: move the old one aside, swap, then delete it
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
-            os.replace(out_dir, retired / "old")
-            try:
-                os.replace(staging, out_dir)
-            except BaseException:
-                os.replace(retired / "old", out_dir)
-                raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write: {error.strerror or error} (nothing was written)", out_dir) from None
-        raise
+        write_files(staging, files)
     return out_dir
 
 

@@ -55,10 +55,14 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
         raise OutputError(f"cannot write here ({existing} is not a writable directory)", out_dir)
 
 
-def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bool = False) -> Path:
-    """Write `files` (name -> bytes) as the directory out_dir, all or nothing."""
+@contextlib.contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """A hidden sibling of out_dir for the caller to fill; when the block ends it is renamed into place.
+    An existing out_dir (the caller allowed --force) is moved aside first and stays if the swap fails.
+    On any error the staging is removed, and an OSError (a full disk, a read-only place) becomes one
+    OutputError naming out_dir. The staging's name carries our pid, so the next writer can clear it if
+    we are killed (remove_stale_staging)."""
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, force)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(out_dir)
@@ -66,18 +70,14 @@ def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bo
     except OSError as error:
         raise OutputError(f"cannot write here: {error.strerror or error}", out_dir) from None
     try:
-        for name, data in files.items():
-            with open(staging / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+        yield staging
         if out_dir.exists():  # --force: move the old one aside, then swap, then delete it
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
             os.replace(out_dir, retired / "old")
             try:
                 os.replace(staging, out_dir)
             except BaseException:
-                os.replace(retired / "old", out_dir)  # the old bundle stays
+                os.replace(retired / "old", out_dir)  # the old output stays
                 raise
             finally:
                 shutil.rmtree(retired, ignore_errors=True)
@@ -85,9 +85,27 @@ def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bo
             os.replace(staging, out_dir)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):  # a full disk, a read-only place, a quota: one line naming the output
+        if isinstance(error, OSError):
             raise OutputError(f"cannot write: {error.strerror or error} (nothing was written)", out_dir) from None
         raise
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write name -> bytes under directory (subfolders made as needed), each flushed to disk."""
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(directory / name, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_directory_atomically(out_dir: Path, files: dict[str, bytes], force: bool = False) -> Path:
+    """Write `files` (name -> bytes) as the directory out_dir, all or nothing."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, force)
+    with staged_directory(out_dir) as staging:
+        write_files(staging, files)
     return out_dir
 
 
