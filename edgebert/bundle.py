@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -201,8 +202,12 @@ def _acquire(path: Path, out: Path) -> int:
 
 
 def _lock_holder(handle: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(handle, 32, 0).decode("ascii").strip() or "x")
+    # The holder writes its pid just after it takes the lock; a writer that lost the race by
+    # microseconds may look before that, so look a few times before saying nothing about who.
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            return int(os.pread(handle, 32, 0).decode("ascii").strip() or "x")
+        time.sleep(0.01)
     return None
 
 
