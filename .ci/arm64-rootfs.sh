@@ -4,6 +4,8 @@
 # environments holding the device side's runtimes:
 #   /opt/litert       ai-edge-litert 2.3.0, numpy, tokenizers, click, pytest (+ setuptools, wheel)
 #   /opt/tflite-2.14  tflite-runtime 2.14.0, numpy<2, tokenizers, click, pytest
+# and OpenSSH's server (/usr/sbin/sshd, never started here) for tests/test_deploy_arm64.py, which deploys
+# to the emulated Pi over SSH. A complete rootfs without it (built before sshd was added) gets it added.
 #
 #   .ci/arm64-rootfs.sh            # prints the rootfs path on its last line
 #
@@ -145,9 +147,26 @@ check_emulation() {
     fi
 }
 
+# OpenSSH's server, installed with apt-get in the rootfs (emulated, ~1 min); its service is never started
+# (policy-rc.d refuses it). Also added to a complete rootfs that predates it, so no rebuild is needed.
+ensure_openssh_server() {
+    [ -x "$ROOTFS/usr/sbin/sshd" ] && return 0
+    log "installing openssh-server into the rootfs (emulated)"
+    printf '#!/bin/sh\nexit 101\n' > "$ROOTFS/usr/sbin/policy-rc.d"
+    chmod 755 "$ROOTFS/usr/sbin/policy-rc.d"
+    local status=0
+    in_rootfs /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends openssh-server && apt-get clean' >/dev/null || status=$?
+    rm -f "$ROOTFS/usr/sbin/policy-rc.d"
+    [ "$status" -eq 0 ] && [ -x "$ROOTFS/usr/sbin/sshd" ] || die "installing openssh-server in the rootfs failed"
+    mkdir -p "$ROOTFS/run/sshd"  # sshd's privilege-separation directory
+    log "$(in_rootfs /usr/sbin/sshd -V 2>&1 | head -1) in the rootfs"
+}
+
 # --- reuse a complete rootfs -----------------------------------------------------------------------------
 if [ -f "$MARKER" ] && [ "$(sed -n '1,/^$/p' "$MARKER" | sed '$d')" = "$RECIPE" ]; then
     check_emulation
+    ensure_openssh_server
     log "reusing the complete rootfs at $ROOTFS (built $(sed -n 's/^built: //p' "$MARKER"))"
     echo "$ROOTFS"
     exit 0
@@ -177,6 +196,7 @@ fi
 in_rootfs /usr/sbin/update-ca-certificates >/dev/null
 cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 host_pip_config > "$ROOTFS/etc/pip.conf"
+ensure_openssh_server
 log "pip configuration in the rootfs: $(grep -v '^\[' "$ROOTFS/etc/pip.conf" | tr '\n' ';')"
 
 # --- (d) the two virtual environments --------------------------------------------------------------------

@@ -14,7 +14,7 @@ Steps, each one remote command (so each failure is one line that says which step
    `bundles/<name>/` for each bundle (plus the budget file, if any);
 4. `python -m edgebert bench <bundles> --json results/bench.json` on the device; the JSON comes back to
    `<results dir>/<host>-<UTC timestamp>.json` (with a `deploy` block added: target, remote directory,
-   device test outcome);
+   the device's architecture and CPU from step 1, device test outcome);
 5. `python -m pytest device_tests --bundles <bundles> [--budget ...]` on the device.
 
 Nothing goes through a local shell: ssh, scp-less tar streaming and adb are run with argument lists.
@@ -52,17 +52,39 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 _HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\])\Z")
 _SERIAL = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._:-]*\Z")
 
+# Arm's CPU part numbers (MIDR, "CPU part" in /proc/cpuinfo, implementer 0x41) of the cores in Raspberry
+# Pis, phones and Arm servers.
+ARM_CPU_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+                 "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+                 "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+                 "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+                 "0xd49": "Neoverse-N2", "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3", "0xd4f": "Neoverse-V2",
+                 "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4", "0xd87": "Cortex-A725"}
+
 # Run by the remote Python (never imports the modules it looks for: TensorFlow's import alone is slow).
+# It also reports the device's architecture and its first CPU's /proc/cpuinfo fields (where readable).
 _CHECK_SCRIPT = f"""
-import importlib.util, json, sys
+import importlib.util, json, platform, sys
 def has(name):
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+cpu = {{}}
+try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            key, sep, value = line.partition(":")
+            if sep and key.strip() and key.strip() not in cpu:
+                cpu[key.strip()] = value.strip()
+except OSError:
+    pass
 print(json.dumps({{"python": sys.version.split()[0], "ok_version": sys.version_info >= (3, 9),
                   "missing": [m for m in {sorted(REQUIRED_MODULES)!r} if not has(m)],
-                  "runtime": next((m for m in {list(RUNTIME_MODULES)!r} if has(m)), None)}}))
+                  "runtime": next((m for m in {list(RUNTIME_MODULES)!r} if has(m)), None),
+                  "machine": platform.machine(),
+                  "cpuinfo": {{k: cpu[k] for k in ("model name", "Hardware", "Model", "CPU implementer",
+                                                  "CPU part", "Features") if k in cpu}}}}))
 """
 
 
@@ -288,6 +310,7 @@ class DeployOutcome:
     tests_output: str  # pytest's output on the device
     tests_exit_code: int
     python: dict = field(default_factory=dict)  # the remote check: python version, runtime
+    device: dict = field(default_factory=dict)  # device_summary: architecture, cpu (cpu_id, features)
 
     @property
     def tests_summary(self) -> str:
@@ -355,6 +378,26 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def device_summary(facts: dict) -> dict:
+    """{"architecture", "cpu", ...} from the remote check: the CPU named by its Arm part number where
+    /proc/cpuinfo gives one (Cortex-A72 on a Pi 4, Cortex-A76 on a Pi 5, and the CPU that qemu emulates),
+    else by its model name; plus the raw ids and feature flags (asimddp: the dot-product extension)."""
+    cpuinfo = facts.get("cpuinfo") or {}
+    implementer, part = cpuinfo.get("CPU implementer", "").lower(), cpuinfo.get("CPU part", "").lower()
+    if implementer == "0x41" and part in ARM_CPU_PARTS:
+        cpu = ARM_CPU_PARTS[part]
+    else:
+        cpu = next((cpuinfo[key] for key in ("model name", "Hardware", "Model") if cpuinfo.get(key)), None)
+        if cpu is None and part:
+            cpu = f"CPU implementer {implementer or '?'} part {part}"
+    summary = {"architecture": facts.get("machine") or "unknown", "cpu": cpu or "unknown"}
+    if part:
+        summary["cpu_id"] = f"{implementer or '?'}:{part}"
+    if "Features" in cpuinfo:
+        summary["features"] = cpuinfo["Features"].split()
+    return summary
 
 
 def _check_device(transport, target: Target, python: str) -> dict:
@@ -449,7 +492,9 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
 
     transport.connect()
     facts = _check_device(transport, target, python)
-    log(f"connected to {target}: Python {facts['python']}, {RUNTIME_MODULES[facts['runtime']]}")
+    device = device_summary(facts)
+    log(f"connected to {target}: Python {facts['python']}, {RUNTIME_MODULES[facts['runtime']]}, "
+        f"{device['architecture']}, {device['cpu']}")
 
     root = _prepare_remote_dir(transport, target, remote_dir)
     code_dir, bundles_dir, remote_results = f"{root}/code", f"{root}/bundles", f"{root}/results"
@@ -500,9 +545,10 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
 
     outcome = DeployOutcome(target=target, remote_dir=root, results_path=None, results=results,
                             bench_output=bench_output, bench_error=bench_error, tests_output=tests_output,
-                            tests_exit_code=tests.returncode, python=facts)
+                            tests_exit_code=tests.returncode, python=facts, device=device)
     if results is not None:
         results["deploy"] = {"target": str(target), "remote_dir": root, "python": facts.get("python"),
+                             "device": device,
                              "device_tests": {"exit_code": tests.returncode, "passed": tests.returncode == 0,
                                               "summary": outcome.tests_summary}}
         try:
