@@ -1,7 +1,10 @@
-"""Peer benchmark: edgebert bundles against TensorFlow float and ONNX Runtime (float and dynamic int8),
-with a roofline, measured side by side in one run.
+"""Peer benchmark: edgebert bundles against TensorFlow float, ONNX Runtime (float and dynamic int8), PyTorch
+(eager float and quantize_dynamic int8) and ExecuTorch (XNNPACK, dynamic int8), with a roofline that names
+the CPU's int8 kernels, measured side by side in one run, at a fixed length or on a real-text set.
 
     python -m benchmarks.peer --variants tiny,mini,small,medium --threads 1,2 --runs 30 --out DIR
+    python -m benchmarks.peer ... --text ../shared/data/glue/SST-2/dev.tsv \
+        --vocab ../shared/data/vocab/bert_uncased_vocab.txt --out DIR-text
 
 `--engines NAME,...` measures some of the engines below (default: all).
 
@@ -21,6 +24,14 @@ vocab) feed every engine:
                         then onnxruntime.transformers.optimizer.optimize_model(model_type="bert") so the
                         BERT fusions apply (counted and reported)
   ort-dynamic-int8      that optimized graph through onnxruntime.quantization.quantize_dynamic (QInt8)
+  torch-float           the same transformers BertModel (saved by benchmarks.peer.torch_export, loaded with
+                        from_pretrained), eager, torch.inference_mode()
+  torch-dynamic-int8    that model through torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8): the
+                        route Hugging Face tutorials show (deprecated in torch, still what people run)
+  executorch-xnnpack-int8
+                        ExecuTorch's XNNPACK route (benchmarks.peer.torch_export): torch.export with a dynamic
+                        seq dim, XNNPACKQuantizer(per-channel, dynamic int8) via prepare_pt2e/convert_pt2e,
+                        to_edge_transform_and_lower(XnnpackPartitioner), run through executorch.runtime
   edgebert-float32      converters.pipeline.convert bundles, run through edgebert's TFLiteModel
   edgebert-dynamic-int8 (the path `edgebert bench` times), LiteRT + XNNPACK
   edgebert-dynamic-int8-cached
@@ -36,9 +47,16 @@ that engine: its memory figures are its own (baseline RSS after importing the ru
 there, peak after all runs). The orchestrator drives the workers ROUND BY ROUND, rotating the engine order
 each round, so drift in the machine's speed hits every engine alike. Inputs are real sentences from
 samples/ tokenized with the bundle's tokenizer at seq 128, batch 1, cycled in the same order for all.
+With `--text FILE` (a GLUE .tsv such as SST-2's dev.tsv, or one text per line) the run measures that set
+instead: each text at its own length (no padding) in every engine, the edgebert bundles converted with a
+dynamic length (XNNPACK plans again whenever the shape changes), the ExecuTorch program exported with a
+dynamic seq dim; `--vocab FILE` gives the random checkpoint a real vocabulary so that the texts get their
+real word-piece lengths (the synthetic vocab splits unknown words into characters).
 
 The roofline (benchmarks.peer.roofline): MACs per variant at seq S, and the best dynamic-int8
-FULLY_CONNECTED throughput LiteRT + XNNPACK reaches on this CPU.
+FULLY_CONNECTED throughput LiteRT + XNNPACK reaches on this CPU, with the int8 kernel family XNNPACK
+picks there (edgebert.cpu_features: AMX int8 tiles, AVX512-VNNI, AVX-VNNI, AVX2, NEON i8mm / dot-product /
+plain NEON) and the CPU features that decide it, also in the report's device facts.
 
 Results: DIR/peer.json (schema "edgebert.peer/1") and DIR/peer.md; the table is printed.
 `python -m benchmarks.peer.components --variant medium --bundle B` times each piece of an encoder layer
@@ -51,9 +69,15 @@ PEER_SCHEMA = "edgebert.peer/1"
 TF_FLOAT = "tf-float"
 ORT_FLOAT = "ort-float"
 ORT_INT8 = "ort-dynamic-int8"
+TORCH_FLOAT = "torch-float"
+TORCH_INT8 = "torch-dynamic-int8"
+EXECUTORCH_INT8 = "executorch-xnnpack-int8"
 EDGEBERT_FLOAT32 = "edgebert-float32"
 EDGEBERT_INT8 = "edgebert-dynamic-int8"
 EDGEBERT_INT8_CACHED = "edgebert-dynamic-int8-cached"
-ENGINES = (TF_FLOAT, ORT_FLOAT, ORT_INT8, EDGEBERT_FLOAT32, EDGEBERT_INT8, EDGEBERT_INT8_CACHED)
+ENGINES = (TF_FLOAT, ORT_FLOAT, ORT_INT8, TORCH_FLOAT, TORCH_INT8, EXECUTORCH_INT8, EDGEBERT_FLOAT32, EDGEBERT_INT8,
+           EDGEBERT_INT8_CACHED)
+# The int8 peers edgebert dynamic int8 must beat (issue 13): the report names the best of them per row.
+INT8_PEERS = (ORT_INT8, TORCH_INT8, EXECUTORCH_INT8)
 REFERENCE_ENGINE = TF_FLOAT
 RATIO_BASE_ENGINE = EDGEBERT_INT8

@@ -8,6 +8,10 @@ What one call covers, per engine (timed by the worker around `__call__`):
 - ort-*: `InferenceSession.run` on int64 inputs (converted once, ahead of time: a user's tokenizer
   would hand int64 straight to ORT), outputs are numpy already;
 - edgebert-*: `edgebert.interpreter.TFLiteModel.__call__`, the path `edgebert bench` times;
+- torch-float, torch-dynamic-int8: transformers BertModel.__call__ under torch.inference_mode() on int64
+  torch tensors (made ahead of time), `.numpy()` on both outputs; the int8 one after
+  torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8);
+- executorch-xnnpack-int8: executorch.runtime's Method.execute on int64 torch tensors, `.numpy()` out;
 - edgebert-dynamic-int8-cached: the same call on a TFLiteModel opened with weight_cache=FILE, which runs
   LiteRT's CompiledModel (inputs written into its buffers, `run_by_name`, outputs read back) with
   XNNPACK's packed weights memory-mapped from FILE (the worker reports FILE, its bytes and whether the
@@ -15,7 +19,9 @@ What one call covers, per engine (timed by the worker around `__call__`):
 
 Threads: TF intra-op = t, inter-op = 1 (set right after TensorFlow is imported, before it initializes);
 ORT SessionOptions.intra_op_num_threads = t, inter_op_num_threads = 1, sequential execution; LiteRT
-num_threads = t (XNNPACK; CpuOptions.num_threads for the CompiledModel).
+num_threads = t (XNNPACK; CpuOptions.num_threads for the CompiledModel); torch.set_num_threads(t),
+set_num_interop_threads(1); ExecuTorch's process-wide thread pool reset to t threads
+(portable_lib._unsafe_reset_threadpool, the only knob its Python runtime has).
 """
 from __future__ import annotations
 
@@ -74,7 +80,7 @@ class TFKerasEngine(Engine):
 
         tf = self.tf
         source = load_source(self.spec["checkpoint"])
-        seq_len = int(self.spec["seq_len"])
+        seq_len = self.spec["seq_len"]  # None: any length (the real-text set runs each text at its own)
         model = build_bert(source.config, seq_len)
         set_google_weights(model, source.config, source.weights, source=str(source.path))
         del source
@@ -188,6 +194,82 @@ class CachedTFLiteEngine(TFLiteEngine):
                                  "warm": self.cache_before is not None and self.cache_before == after}}
 
 
+class TorchEngine(Engine):
+    """transformers BertModel, eager, from the saved model (config.json + model.safetensors); with
+    spec["quantize"] the route Hugging Face tutorials show, torch.ao.quantization.quantize_dynamic of every
+    nn.Linear to qint8 (deprecated in torch 2.13, still what people run)."""
+    call_path = ("BertModel(input_ids=, attention_mask=, token_type_ids=) under torch.inference_mode(), int64 torch "
+                 "tensors in (made ahead of time), .numpy() out")
+
+    def import_runtime(self):
+        import os
+        os.environ.setdefault("USE_TF", "0")
+        import torch
+        import transformers
+        from transformers import BertModel  # noqa: F401 - transformers imports lazily: before the baseline
+        torch.set_num_threads(self.threads)
+        torch.set_num_interop_threads(1)
+        self.torch = torch
+        self.runtime = f"torch {torch.__version__} (transformers {transformers.__version__}, eager)"
+
+    def load(self):
+        import warnings
+
+        from transformers import BertModel
+        model = BertModel.from_pretrained(self.spec["model"], attn_implementation="eager").eval()
+        if self.spec.get("quantize"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+                model = self.torch.ao.quantization.quantize_dynamic(model, {self.torch.nn.Linear},
+                                                                     dtype=self.torch.qint8)
+        self.model = model
+
+    def prepare_feed(self, feed):
+        return {name: self.torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64)) for name, value in feed.items()}
+
+    def __call__(self, feed):
+        with self.torch.inference_mode():
+            outputs = self.model(**feed, return_dict=True)
+        return {"pooled_output": outputs.pooler_output.numpy(), "sequence_output": outputs.last_hidden_state.numpy()}
+
+    def facts(self):
+        dynamic = sum(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in self.model.modules())
+        return {"torch_threads": self.torch.get_num_threads(), "quantized_engine": self.torch.backends.quantized.engine,
+                "dynamic_int8_linear_modules": dynamic}
+
+
+class ExecuTorchEngine(Engine):
+    """The .pte of benchmarks.peer.torch_export (XNNPACK delegate, dynamic int8), run through executorch.runtime."""
+    call_path = ("executorch.runtime Method.execute([input_ids, attention_mask, token_type_ids]) on int64 torch "
+                 "tensors (made ahead of time), .numpy() out")
+
+    def import_runtime(self):
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+        from executorch.version import __version__
+        # XNNPACK's thread pool is ExecuTorch's process-wide one (one thread per core by default).
+        portable_lib._unsafe_reset_threadpool(self.threads)
+        self.torch, self.portable_lib = torch, portable_lib
+        self.runtime_handle = Runtime.get()
+        self.runtime = f"executorch {__version__} (XNNPACK delegate; torch {torch.__version__})"
+
+    def load(self):
+        self.program = self.runtime_handle.load_program(Path(self.spec["model"]))
+        self.method = self.program.load_method("forward")
+
+    def prepare_feed(self, feed):
+        return [self.torch.from_numpy(np.ascontiguousarray(feed[name], dtype=np.int64))
+                for name in ("input_ids", "attention_mask", "token_type_ids")]
+
+    def __call__(self, feed):
+        sequence, pooled = self.method.execute(feed)
+        return {"pooled_output": pooled.numpy(), "sequence_output": sequence.numpy()}
+
+    def facts(self):
+        return {"threadpool_threads": self.portable_lib._threadpool_get_thread_count()}
+
+
 def _file_state(path: Path) -> tuple[int, int] | None:
     """(bytes, mtime in ns), or None when there is no such file."""
     try:
@@ -222,7 +304,7 @@ def delegate_coverage(ops: list[dict]) -> tuple[list[dict], dict]:
 
 def make_engine(spec: dict) -> Engine:
     kind = spec["kind"]
-    engine = {"tf": TFKerasEngine, "ort": OrtEngine, "tflite": TFLiteEngine,
-              "tflite-cached": CachedTFLiteEngine}[kind](spec)
+    engine = {"tf": TFKerasEngine, "ort": OrtEngine, "tflite": TFLiteEngine, "tflite-cached": CachedTFLiteEngine,
+              "torch": TorchEngine, "executorch": ExecuTorchEngine}[kind](spec)
     engine.name = spec["engine"]
     return engine

@@ -44,28 +44,18 @@ def op_counts(model) -> dict[str, int]:
 
 def export(checkpoint_dir: Path, out_dir: Path, opset: int = 14, seq_len: int = 128) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("USE_TF", "0")  # transformers: the torch classes only (TF is still used to read
-    import onnx  # the checkpoint, by load_tf_weights_in_bert itself)
+    os.environ.setdefault("USE_TF", "0")  # transformers: the torch classes only (TF still reads the checkpoint)
+    import onnx
     import torch
     import transformers
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
-    from transformers import BertConfig, BertForPreTraining
-    from transformers.models.bert.modeling_bert import load_tf_weights_in_bert
 
-    from edgebert.quiet import native_output_silenced
+    from benchmarks.peer.torch_export import load_transformers_bert
 
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = BertConfig.from_json_file(str(checkpoint_dir / "bert_config.json"))
-    google_act = config.hidden_act
-    if google_act == "gelu":
-        config.hidden_act = "gelu_new"  # Google's modeling.py gelu is the tanh form
-    config._attn_implementation = "eager"
-    with native_output_silenced():
-        pretraining = BertForPreTraining(config)
-        load_tf_weights_in_bert(pretraining, config, str(checkpoint_dir / "bert_model.ckpt"))
-    model = pretraining.bert.eval()
+    model, config, google_act = load_transformers_bert(checkpoint_dir)
 
     raw_path, opt_path, int8_path = out_dir / "model.onnx", out_dir / "model.opt.onnx", out_dir / "model.opt.int8.onnx"
     example = tuple(torch.ones(1, seq_len, dtype=torch.long) if name != "token_type_ids"

@@ -1,15 +1,20 @@
 """peer.json and peer.md from a peer-benchmark results dict (schema edgebert.peer/1).
 
-The JSON holds everything: {"schema", "created", "device", "versions", "settings", "engines" (runtime
-and exactly what one timed call covers, per engine), "variants": [{"variant", "config", "macs",
-"artifacts" (incl. the ONNX fusion counts), "bundle_ops", "rows": [one per engine x threads: latency_ms
+The JSON holds everything: {"schema", "created", "device" (edgebert.device_info's facts plus
+edgebert.cpu_features': cpu_features, int8_kernels), "versions", "settings" (incl. text: the real-text file
+or None), "engines" (runtime and exactly what one timed call covers, per engine), "variants": [{"variant",
+"config", "macs", "artifacts" (incl. the ONNX fusion counts, the PyTorch/ExecuTorch export facts, the inputs'
+length statistics and mean MACs per call), "bundle_ops", "rows": [one per engine x threads: latency_ms
 {p50, p90, p99, mean, min, max, runs}, round_p50_ms, load_ms, first_inference_ms, load_to_first_output_ms,
 memory {baseline_rss_mb, peak_rss_mb, growth_mb, end_rss_mb, resident_growth_mb, runtime_import_mb,
 method, breakdown_at_end {RssAnon, RssFile, AnonHugePages, FilePmdMapped} (MB, Linux)}, model_bytes,
-growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff, sequence_min_cosine, ...}, p50_over_edgebert_int8, achieved_gmacs, roofline_fraction_int8, ...; the cached
-engine adds weight_cache {file, bytes, warm, cold_load (the cache-building load's times, None when the file
-was already there), max_abs_diff_vs_uncached}; or {"engine", "threads", "error"}, or {"engine", "threads",
-"skipped": why the installed runtime cannot run it}]}], "roofline": {"layers", "best", "method"}, "seconds"}.
+growth_over_model_bytes, agreement {pooled_min_cosine, pooled_max_abs_diff, sequence_min_cosine, ...},
+p50_over_edgebert_int8, mean_over_edgebert_int8, achieved_gmacs (on the real-text set: mean MACs per text /
+mean latency), roofline_fraction_int8, ...; the cached engine adds weight_cache {file, bytes, warm,
+cold_load (the cache-building load's times, None when the file was already there),
+max_abs_diff_vs_uncached}; or {"engine", "threads", "error"}, or {"engine", "threads", "skipped": why the
+installed runtime cannot run it}]}], "roofline": {"layers", "best", "method", "cpu_features",
+"int8_kernels" (the XNNPACK kernel family the roofline measured)}, "seconds"}.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmarks.peer import EDGEBERT_INT8, EDGEBERT_INT8_CACHED, ORT_INT8, TF_FLOAT
+from benchmarks.peer import EDGEBERT_INT8, EDGEBERT_INT8_CACHED, EXECUTORCH_INT8, INT8_PEERS, ORT_INT8, TF_FLOAT, TORCH_INT8
 
 TARGETS = {"tf_float_ratio": 5.0, "ort_int8_ratio": 2.0, "medium_roofline": 0.60, "growth_over_model": 1.25}
 
@@ -37,12 +42,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_markdown(results: dict) -> str:
     device, settings = results.get("device", {}), results.get("settings", {})
-    lines = ["# Peer benchmark: edgebert vs TensorFlow float vs ONNX Runtime", ""]
+    per_text = bool(settings.get("text"))
+    stat = "mean" if per_text else "p50"  # the real-text set: mean latency per text (lengths differ)
+    shape = "Each text at its own length" if per_text else f"Seq {settings.get('seq_len')}"
+    lines = ["# Peer benchmark: edgebert vs TensorFlow float, ONNX Runtime, PyTorch and ExecuTorch", ""]
     lines.append(f"Device: {device.get('cpu_model', '?')}, {device.get('cores', '?')} cores, "
-                 f"{device.get('system', '?')} {device.get('machine', '?')}, Python {device.get('python', '?')}. "
-                 f"Seq {settings.get('seq_len')}, batch 1, {settings.get('runs')} timed runs per cell in "
-                 f"{settings.get('rounds')} alternating rounds, random weights (seed {settings.get('seed')}), "
-                 "inputs: real sentences from samples/.")
+                 f"{device.get('system', '?')} {device.get('machine', '?')}, Python {device.get('python', '?')}; "
+                 f"int8 kernels (XNNPACK): {device.get('int8_kernels', '?')} (CPU features: "
+                 f"{device.get('cpu_features', '?')}). "
+                 f"{shape}, batch 1, "
+                 f"{settings.get('runs')} timed runs per cell in {settings.get('rounds')} alternating rounds, random "
+                 f"weights (seed {settings.get('seed')}, vocab {settings.get('vocab', 'synthetic')}), inputs: "
+                 f"{settings.get('inputs', 'real sentences from samples/')}.")
     versions = results.get("versions") or {}
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".")
     lines.append("")
@@ -56,19 +67,20 @@ def format_markdown(results: dict) -> str:
         lines.append(f"## {variant['variant']} (L{config['num_layers']} H{config['hidden_size']} "
                      f"A{config['num_heads']} I{config['intermediate_size']})")
         lines.append("")
-        header = ["engine", "thr", "p50 ms", "p90 ms", "x edgebert int8", "pooled cos (min)", "pooled max abs diff",
+        header = ["engine", "thr", "p50 ms", "p90 ms", "mean ms", f"x edgebert int8 ({stat})", "pooled cos (min)", "pooled max abs diff",
                   "model MB", "peak RSS MB", "peak growth MB", "growth / model", "resident growth / model",
                   "GMAC/s", "of int8 roofline"]
         rows = []
         for row in variant["rows"]:
             if "error" in row or "skipped" in row:
                 why = f"FAILED: {row['error'][:150]}" if "error" in row else f"skipped: {row['skipped']}"
-                rows.append([row["engine"], str(row["threads"]), why] + [""] * 11)
+                rows.append([row["engine"], str(row["threads"]), why] + [""] * 12)
                 continue
             agree, memory = row.get("agreement") or {}, row.get("memory") or {}
             is_reference = agree.get("reference") == f"{row['engine']} t{row['threads']}"
             rows.append([row["engine"], str(row["threads"]), _fmt(row["latency_ms"]["p50"], ".3f"),
-                         _fmt(row["latency_ms"]["p90"], ".3f"), _fmt(row.get("p50_over_edgebert_int8"), ".2f", "x"),
+                         _fmt(row["latency_ms"]["p90"], ".3f"), _fmt(row["latency_ms"]["mean"], ".3f"),
+                         _fmt(row.get(f"{stat}_over_edgebert_int8"), ".2f", "x"),
                          "reference" if is_reference else _fmt(agree.get("pooled_min_cosine"), ".6f"),
                          "reference" if is_reference else _fmt(agree.get("pooled_max_abs_diff"), ".2e"),
                          _fmt(row["model_bytes"] / 1e6 if row.get("model_bytes") else None, ".1f"),
@@ -83,10 +95,16 @@ def format_markdown(results: dict) -> str:
             cells = {r["engine"]: r for r in variant["rows"] if r["threads"] == threads and "latency_ms" in r}
             base, tf_row, ort_row = cells.get(EDGEBERT_INT8), cells.get(TF_FLOAT), cells.get(ORT_INT8)
             cached = cells.get(EDGEBERT_INT8_CACHED) or {}
+            ratio = f"{stat}_over_edgebert_int8"
+            peers = [cells[name] for name in INT8_PEERS if name in cells and cells[name].get(ratio) is not None]
+            best = min(peers, key=lambda row: row[ratio]) if peers else None
             if base:
                 summary.append([variant["variant"], str(threads),
-                                _fmt(tf_row.get("p50_over_edgebert_int8") if tf_row else None, ".2f", "x"),
-                                _fmt(ort_row.get("p50_over_edgebert_int8") if ort_row else None, ".2f", "x"),
+                                _fmt(tf_row.get(ratio) if tf_row else None, ".2f", "x"),
+                                _fmt(ort_row.get(ratio) if ort_row else None, ".2f", "x"),
+                                _fmt((cells.get(TORCH_INT8) or {}).get(ratio), ".2f", "x"),
+                                _fmt((cells.get(EXECUTORCH_INT8) or {}).get(ratio), ".2f", "x"),
+                                f"{best['engine']}: {best[ratio]:.2f}x" if best else "-",
                                 _fmt(100 * base["roofline_fraction_int8"] if base.get("roofline_fraction_int8")
                                      is not None else None, ".1f", " %"),
                                 _fmt(base.get("growth_over_model_bytes"), ".2f", "x"),
@@ -101,6 +119,7 @@ def format_markdown(results: dict) -> str:
                          f"after quantize_dynamic: {quantized}.")
         elif (variant.get("artifacts") or {}).get("onnx_error"):
             lines.append(f"ONNX: {variant['artifacts']['onnx_error']}")
+        lines += _torch_lines(variant.get("artifacts") or {})
         for row in variant["rows"]:
             facts = row.get("facts") or {}
             if "xnnpack_partitions" in facts:
@@ -115,8 +134,14 @@ def format_markdown(results: dict) -> str:
     if summary:
         lines.append("## Against the issue's targets (edgebert dynamic int8)")
         lines.append("")
+        lines.append(f"Ratios of {stat} latencies, measured side by side in this run on this machine "
+                     f"({device.get('cpu_model', '?')}, int8 kernels {device.get('int8_kernels', '?')}); > 1: edgebert "
+                     "faster. Issue 13's target: edgebert faster than every int8 peer at 1 thread.")
+        lines.append("")
         lines += _table(["variant", "thr", f"TF float / edgebert (target >= {TARGETS['tf_float_ratio']:g}x)",
                          f"ORT int8 / edgebert (target >= {TARGETS['ort_int8_ratio']:g}x)",
+                         "PyTorch quantize_dynamic / edgebert", "ExecuTorch XNNPACK int8 / edgebert",
+                         "best int8 peer / edgebert (target > 1x)",
                          f"of int8 roofline (Medium target >= {100 * TARGETS['medium_roofline']:g} %)",
                          f"peak growth / model bytes (target <= {TARGETS['growth_over_model']:g}x)",
                          "resident growth / model bytes", "with weight cache: peak growth / model bytes",
@@ -126,6 +151,10 @@ def format_markdown(results: dict) -> str:
     roof = results.get("roofline")
     if roof:
         lines.append("## Roofline: single FULLY_CONNECTED layers, LiteRT + XNNPACK")
+        lines.append("")
+        lines.append(f"int8 kernels measured: XNNPACK's {roof.get('int8_kernels', '?')} family on this CPU "
+                     f"({device.get('cpu_model', '?')}; features: {roof.get('cpu_features', '?')}). "
+                     "The same bundle runs other kernels on another CPU: compare ratios within one run.")
         lines.append("")
         lines.append(roof["method"] + ".")
         lines.append("")
@@ -153,6 +182,20 @@ def format_markdown(results: dict) -> str:
             lines += _table(["variant", "engine", "thr", "MMAC", "p50 ms", "dense layers alone ms", "dense share",
                              "rest ms", "dense with fused QKV ms"], rows) + [""]
     return "\n".join(lines)
+
+
+def _torch_lines(artifacts: dict) -> list[str]:
+    """The PyTorch export: the saved model, and ExecuTorch's program with what its XNNPACK delegate took."""
+    torch = artifacts.get("torch")
+    if not torch:
+        return [f"PyTorch: {artifacts['torch_error']}"] if artifacts.get("torch_error") else []
+    executorch = torch.get("executorch")
+    if not executorch:
+        return [f"ExecuTorch: export failed: {torch.get('executorch_error', '?')}"]
+    outside = ", ".join(f"{k} {v}" for k, v in executorch["ops_outside_xnnpack"].items()) or "none"
+    return [f"ExecuTorch: {executorch['route']}; seq dim dynamic {executorch['dynamic_seq'][0]}.."
+            f"{executorch['dynamic_seq'][1]}; {executorch['xnnpack_delegates']} XNNPACK delegate call(s); "
+            f"ops outside XNNPACK: {outside}; .pte {executorch['bytes'] / 1e6:.2f} MB."]
 
 
 def _weight_cache_line(row: dict, rows: list[dict]) -> str:

@@ -41,12 +41,15 @@ from benchmarks.peer import (
     EDGEBERT_INT8,
     EDGEBERT_INT8_CACHED,
     ENGINES,
+    EXECUTORCH_INT8,
     ORT_FLOAT,
     ORT_INT8,
     PEER_SCHEMA,
     RATIO_BASE_ENGINE,
     REFERENCE_ENGINE,
     TF_FLOAT,
+    TORCH_FLOAT,
+    TORCH_INT8,
     roofline,
 )
 
@@ -54,6 +57,8 @@ REPO = Path(__file__).resolve().parents[2]
 SWITCH_PAUSE_S = 0.2
 # The engines that run an edgebert bundle, and the bundle each runs.
 BUNDLE_OF = {EDGEBERT_FLOAT32: EDGEBERT_FLOAT32, EDGEBERT_INT8: EDGEBERT_INT8, EDGEBERT_INT8_CACHED: EDGEBERT_INT8}
+FLOAT_ENGINES = (TF_FLOAT, ORT_FLOAT, TORCH_FLOAT, EDGEBERT_FLOAT32)
+TORCH_ENGINES = (TORCH_FLOAT, TORCH_INT8, EXECUTORCH_INT8)  # need benchmarks.peer.torch_export's artifacts
 
 
 @dataclass
@@ -71,13 +76,24 @@ class Settings:
     reuse: bool = False
     timeout_s: float = 900.0
     engines: tuple = ENGINES
+    text: Path | None = None  # the real-text set: each text at its own length (see the package docstring)
+    vocab: Path | None = None  # the random checkpoint's vocabulary (default: the synthetic one)
+
+    @property
+    def bundle_seq_len(self) -> int | None:
+        """The edgebert bundles' length: fixed S, or dynamic (None) for the real-text set."""
+        return None if self.text else self.seq_len
 
     def describe(self) -> dict:
         return {"threads": self.threads, "runs": self.runs, "rounds": self.rounds, "warmup": self.warmup,
                 "seq_len": self.seq_len, "batch": 1, "seed": self.seed, "agree_examples": self.agree_examples,
                 "roofline_shapes": [list(s) for s in self.roofline_shapes], "roofline_runs": self.roofline_runs,
-                "engines": list(self.engines),
-                "inputs": "samples/sentences.txt, tokenized with the bundle's tokenizer.json, cycled in order",
+                "engines": list(self.engines), "text": str(self.text) if self.text else None,
+                "vocab": str(self.vocab) if self.vocab else "synthetic",
+                "inputs": (f"{self.text}: every text at its own length (no padding), tokenized with the bundle's "
+                           "tokenizer.json, cycled in order" if self.text else
+                           f"samples/sentences.txt, tokenized with the bundle's tokenizer.json, padded to "
+                           f"{self.seq_len}, cycled in order"),
                 "alternation": "rounds; each round every (engine, threads) worker makes 1 untimed call then "
                                "runs/rounds timed calls; engine order rotated by one each round"}
 
@@ -179,26 +195,33 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
     from edgebert.bench import weight_cache_file
     from edgebert.bundle import read_bundle
     from edgebert.quiet import native_output_silenced
+    from edgebert.tokenizer import read_vocab
 
     config = variant_config(variant)
+    vocab = read_vocab(settings.vocab) if settings.vocab else synthetic_vocab(config.vocab_size)
+    if len(vocab) != config.vocab_size:
+        raise ValueError(f"{settings.vocab} has {len(vocab)} tokens; the model's vocab_size is {config.vocab_size}")
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = root / "checkpoint"
-    stamp = {"seed": settings.seed, "config": config.to_dict(), "seq_len": settings.seq_len}
+    stamp = {"seed": settings.seed, "config": config.to_dict(), "seq_len": settings.seq_len,
+             "bundle_seq_len": settings.bundle_seq_len, "vocab": str(settings.vocab)}
     stamp_path = root / "artifacts.json"
     reuse = settings.reuse and stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp
     if not reuse:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         log("  random checkpoint (Google layout)")
-        write_random_checkpoint(config, checkpoint, synthetic_vocab(config.vocab_size), seed=settings.seed)
+        write_random_checkpoint(config, checkpoint, vocab, seed=settings.seed)
     artifacts = {"checkpoint": str(checkpoint), "bundles": {}, "convert_seconds": {}}
     for engine, mode in ((EDGEBERT_FLOAT32, "float32"), (EDGEBERT_INT8, "dynamic-int8")):
+        if engine == EDGEBERT_FLOAT32 and engine not in settings.engines:
+            continue  # the int8 bundle is always made: its tokenizer.json tokenizes the inputs for every engine
         out = root / f"bundle.{mode}"
         if not (reuse and (out / "manifest.json").is_file()):
             log(f"  converting the {mode} bundle")
             started = time.perf_counter()
             with native_output_silenced():
-                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=settings.seq_len, validation_size=16,
+                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=settings.bundle_seq_len, validation_size=16,
                                                         force=True))
             artifacts["convert_seconds"][mode] = round(time.perf_counter() - started, 1)
         artifacts["bundles"][engine] = str(out)
@@ -221,21 +244,63 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
         if onnx_info.is_file():
             artifacts["onnx"] = json.loads(onnx_info.read_text())
 
+    torch_dir, torch_info = root / "torch", root / "torch" / "export.json"
+    if any(engine in settings.engines for engine in TORCH_ENGINES):
+        if not (reuse and torch_info.is_file()):
+            log("  transformers BertModel saved + ExecuTorch export (XNNPACK, dynamic int8)")
+            done = subprocess.run([sys.executable, "-m", "benchmarks.peer.torch_export", str(checkpoint), str(torch_dir),
+                                   "--seq-len", str(settings.seq_len)], capture_output=True, text=True, cwd=str(REPO),
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=settings.timeout_s,
+                                  check=False)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if done.returncode != 0 or not lines:
+                tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
+                artifacts["torch_error"] = f"PyTorch export failed (exit {done.returncode}): {' | '.join(tail)[:600]}"
+            else:
+                torch_dir.mkdir(parents=True, exist_ok=True)
+                torch_info.write_text(lines[-1])
+        if torch_info.is_file():
+            artifacts["torch"] = json.loads(torch_info.read_text())
+
     bundle_dir = Path(artifacts["bundles"][EDGEBERT_INT8])
     # Named by the model's sha, as `edgebert bench --weight-cache` names it: a reused work dir never maps
     # packed weights of an older conversion.
     artifacts["weight_cache"] = str(weight_cache_file(root / "weight-cache", read_bundle(bundle_dir)))
     tokenizer = tokenization.load_tokenizer(bundle_dir / "tokenizer.json")
-    sentences = samples.load_sentences()
+    sentences = load_texts(settings.text) if settings.text else samples.load_sentences()
     encoded = tokenization.encode(tokenizer, sentences, settings.seq_len)
+    lengths = encoded["attention_mask"].sum(1).astype(np.int32)
     inputs = root / "inputs.npz"
-    np.savez(inputs, **encoded)
+    np.savez(inputs, **encoded, lengths=lengths)
     artifacts["inputs"] = str(inputs)
-    artifacts["inputs_facts"] = {"sentences": len(sentences),
-                                 "tokens_mean": round(float(encoded["attention_mask"].sum(1).mean()), 2),
+    artifacts["inputs_facts"] = {"file": str(settings.text or samples.samples_dir() / "sentences.txt"),
+                                 "sentences": len(sentences), "tokens_mean": round(float(lengths.mean()), 2),
+                                 "tokens_p50": float(np.percentile(lengths, 50)),
+                                 "tokens_p90": float(np.percentile(lengths, 90)), "tokens_min": int(lengths.min()),
+                                 "tokens_max": int(lengths.max()),
+                                 "truncated_at_seq_len": int((lengths >= settings.seq_len).sum()),
+                                 "per_text_length": bool(settings.text),
+                                 # the mean over the texts of one forward pass's MACs at the length it runs at
+                                 "macs_mean": round(float(np.mean([roofline.bert_macs(
+                                     config.num_layers, config.hidden_size, config.intermediate_size,
+                                     int(n) if settings.text else settings.seq_len)["total"] for n in lengths]))),
                                  "tokenizer": str(bundle_dir / "tokenizer.json")}
     stamp_path.write_text(json.dumps({"stamp": stamp}))
     return artifacts
+
+
+def load_texts(path: Path) -> list[str]:
+    """The texts of a GLUE-style .tsv (single-sentence tasks: SST-2, CoLA) or of a file with one per line."""
+    from edgebert import samples
+    from edgebert.tasks import load_task
+
+    path = Path(path)
+    if path.suffix == ".tsv":
+        texts = load_task(path).texts
+        if texts and not isinstance(texts[0], str):
+            raise ValueError(f"{path}: sentence pairs; the real-text set takes single sentences")
+        return list(texts)
+    return samples.load_sentences(path)
 
 
 def model_bytes(engine: str, artifacts: dict, ready_facts: dict) -> int | None:
@@ -245,13 +310,28 @@ def model_bytes(engine: str, artifacts: dict, ready_facts: dict) -> int | None:
         return artifacts["onnx"]["bytes"]["float" if engine == ORT_FLOAT else "int8"]
     if engine == TF_FLOAT:
         return ready_facts.get("parameter_bytes")
+    torch = artifacts.get("torch") or {}
+    if engine in (TORCH_FLOAT, TORCH_INT8) and torch:
+        return torch["hf_bytes"]  # the float safetensors the user loads; quantize_dynamic runs after loading
+    if engine == EXECUTORCH_INT8 and "executorch" in torch:
+        return torch["executorch"]["bytes"]
     return None
 
 
 def worker_spec(engine: str, threads: int, artifacts: dict, settings: Settings) -> dict:
-    spec = {"engine": engine, "threads": threads, "seq_len": settings.seq_len, "inputs": artifacts["inputs"],
-            "warmup": settings.warmup}
-    if engine == TF_FLOAT:
+    spec = {"engine": engine, "threads": threads, "seq_len": settings.bundle_seq_len, "inputs": artifacts["inputs"],
+            "warmup": settings.warmup, "trim": bool(settings.text)}
+    if engine in TORCH_ENGINES:
+        torch = artifacts.get("torch")
+        if not torch:
+            raise WorkerError(artifacts.get("torch_error", "no PyTorch export"))
+        if engine == EXECUTORCH_INT8:
+            if "executorch" not in torch:
+                raise WorkerError(f"ExecuTorch export failed: {torch.get('executorch_error', 'no .pte')}")
+            spec.update(kind="executorch", model=torch["executorch"]["file"])
+        else:
+            spec.update(kind="torch", model=torch["hf_dir"], quantize=engine == TORCH_INT8)
+    elif engine == TF_FLOAT:
         spec.update(kind="tf", checkpoint=artifacts["checkpoint"])
     elif engine in (ORT_FLOAT, ORT_INT8):
         if "onnx" not in artifacts:
@@ -264,11 +344,14 @@ def worker_spec(engine: str, threads: int, artifacts: dict, settings: Settings) 
     return spec
 
 
-def skip_reason(engine: str) -> str | None:
+def skip_reason(engine: str, per_text: bool = False) -> str | None:
     """Why the installed runtime cannot run this engine, or None. Asked in this process, which is the
     workers' Python, so that a missing feature is a recorded skip rather than a failed worker."""
     if engine != EDGEBERT_INT8_CACHED:
         return None
+    if per_text:  # seen with ai-edge-litert 2.3.0: "Failed to allocate tensors", then "double free" (SIGABRT/SIGSEGV)
+        return ("the weight cache runs LiteRT's CompiledModel, which fails on a dynamic-length bundle (ai-edge-litert "
+                "2.3: 'Failed to allocate tensors', then the process aborts); the real-text set needs one")
     from edgebert.errors import RuntimeNotAvailableError
     from edgebert.interpreter import find_runtime, weight_cache_supported
     try:
@@ -341,7 +424,7 @@ def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, lo
     cells: dict[tuple[str, int], dict] = {}
     try:
         for engine in settings.engines:
-            skipped = skip_reason(engine)
+            skipped = skip_reason(engine, per_text=bool(settings.text))
             for threads in settings.threads:
                 key = (engine, threads)
                 cells[key] = {"engine": engine, "threads": threads, "timings_ms": [], "round_p50_ms": []}
@@ -425,6 +508,7 @@ def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, lo
         row.update(runtime=ready["runtime"], call_path=ready["call_path"], load_ms=ready["load_ms"],
                    first_inference_ms=ready["first_inference_ms"],
                    load_to_first_output_ms=round(ready["load_ms"] + ready["first_inference_ms"], 3),
+                   feed_lengths=ready.get("feed_lengths"),  # [shortest, longest] input length the engine ran
                    latency_ms=latency(cell["timings_ms"]), round_p50_ms=cell["round_p50_ms"],
                    memory=cell.get("memory"), facts=facts)
         cache = facts.pop("weight_cache", None)  # a row field of its own, not one of the engine's facts
@@ -447,9 +531,11 @@ def measure_variant(variant, artifacts: dict, settings: Settings, work: Path, lo
                      and "latency_ms" in r), None)
         if base and "latency_ms" in row:
             row["p50_over_edgebert_int8"] = round(row["latency_ms"]["p50"] / base["latency_ms"]["p50"], 3)
+            row["mean_over_edgebert_int8"] = round(row["latency_ms"]["mean"] / base["latency_ms"]["mean"], 3)
     return {"variant": label, "config": variant_config(variant).to_dict(), "rows": rows,
             "artifacts": {"checkpoint": artifacts["checkpoint"], "bundles": artifacts["bundles"],
                           "onnx": artifacts.get("onnx"), "onnx_error": artifacts.get("onnx_error"),
+                          "torch": artifacts.get("torch"), "torch_error": artifacts.get("torch_error"),
                           "inputs": artifacts["inputs_facts"], "convert_seconds": artifacts["convert_seconds"]}}
 
 
@@ -496,33 +582,39 @@ def measure_roofline(settings: Settings, configs: list, work: Path, log: Callabl
             top = roofline.best(candidates, mode, threads)
             if top:
                 best[f"{mode}/t{threads}"] = {"shape": top["shape"], "gmacs": top["gmacs"], "p50_ms": top["p50_ms"]}
-    return {"layers": timed, "best": best,
+    from edgebert import cpu_features
+    return {"layers": timed, "best": best, **cpu_features.device_facts(),
             "method": "one FULLY_CONNECTED [M,K]x[K,N] + bias per model, converted by TF (Optimize.DEFAULT for "
                       "dynamic int8), bare Interpreter.invoke() timed (median of runs), GMAC/s = M*K*N / p50"}
 
 
 def add_fractions(variant_result: dict, roof: dict, settings: Settings) -> None:
     """MACs, achieved GMAC/s and the fraction of the best dynamic-int8 (or float32) layer throughput, and
-    an estimate of the time the variant's dense layers alone take (from the timed BERT-shaped layers)."""
+    an estimate of the time the variant's dense layers alone take (from the timed BERT-shaped layers).
+    On the real-text set the texts have different lengths: achieved = the mean MACs per text over the mean
+    latency, and there is no dense-layer estimate (its layers are timed at seq S)."""
     config = variant_result["config"]
     h, i, n = config["hidden_size"], config["intermediate_size"], config["num_layers"]
     s = settings.seq_len
     macs = roofline.bert_macs(n, h, i, s)
     variant_result["macs"] = macs
+    per_text = bool(settings.text)
+    macs_per_call = (variant_result["artifacts"]["inputs"].get("macs_mean") or macs["total"]) if per_text \
+        else macs["total"]
     by_shape = {(tuple(r["shape"]), r["mode"], r["threads"]): r["p50_ms"] for r in roof["layers"]}
     for row in variant_result["rows"]:
         if "latency_ms" not in row:
             continue
-        p50_s = row["latency_ms"]["p50"] / 1e3
-        row["achieved_gmacs"] = round(macs["total"] / p50_s / 1e9, 2)
-        mode = "float32" if row["engine"] in (TF_FLOAT, ORT_FLOAT, EDGEBERT_FLOAT32) else "dynamic-int8"
+        seconds = row["latency_ms"]["mean" if per_text else "p50"] / 1e3
+        row["achieved_gmacs"] = round(macs_per_call / seconds / 1e9, 2)
+        mode = "float32" if row["engine"] in FLOAT_ENGINES else "dynamic-int8"
         best_int8 = roof["best"].get(f"dynamic-int8/t{row['threads']}")
         if best_int8:
             row["roofline_fraction_int8"] = round(row["achieved_gmacs"] / best_int8["gmacs"], 4)
         best_mode = roof["best"].get(f"{mode}/t{row['threads']}")
         if best_mode:
             row["roofline_fraction_own_mode"] = round(row["achieved_gmacs"] / best_mode["gmacs"], 4)
-        if row["engine"] in BUNDLE_OF:
+        if row["engine"] in BUNDLE_OF and not per_text:
             t = row["threads"]
             parts = [by_shape.get(((s, h, h), mode, t)), by_shape.get(((s, h, i), mode, t)),
                      by_shape.get(((s, i, h), mode, t)), by_shape.get(((s, h, 3 * h), mode, t))]
@@ -542,7 +634,7 @@ def versions() -> dict:
     from importlib import metadata
     found = {}
     for name in ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "onnx", "torch", "transformers",
-                 "numpy", "tokenizers"):
+                 "executorch", "torchao", "numpy", "tokenizers"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -552,6 +644,7 @@ def versions() -> dict:
 
 def run_peer(settings: Settings, out: Path, log: Callable[[str], None] = print) -> dict:
     from benchmarks.peer.report import write_outputs
+    from edgebert import cpu_features
     from edgebert.device_info import device_facts
 
     out = Path(out)
@@ -559,7 +652,8 @@ def run_peer(settings: Settings, out: Path, log: Callable[[str], None] = print) 
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = {"schema": PEER_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "device": device_facts(), "versions": versions(), "settings": settings.describe(),
+               "device": {**device_facts(), **cpu_features.device_facts()},
+               "versions": versions(), "settings": settings.describe(),
                "engines": {}, "variants": [], "roofline": None}
     configs = []
     for variant in settings.variants:

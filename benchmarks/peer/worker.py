@@ -2,9 +2,10 @@
 
     python -m benchmarks.peer.worker        (then one request per line on stdin)
 
-The first line is the spec {"engine", "kind": tf|ort|tflite|tflite-cached|roofline, "threads", "model" or
-"checkpoint", "seq_len", "inputs" (an .npz of int32 [N, S] input_ids / attention_mask / token_type_ids),
-"warmup"; tflite-cached adds "weight_cache", the XNNPACK cache file}. The worker imports the runtime,
+The first line is the spec {"engine", "kind": tf|ort|torch|executorch|tflite|tflite-cached|roofline, "threads", "model" or
+"checkpoint", "seq_len", "inputs" (an .npz of int32 [N, S] input_ids / attention_mask / token_type_ids and
+int32 [N] lengths), "warmup", "trim" (each text cut to its own length: the real-text set); tflite-cached adds
+"weight_cache", the XNNPACK cache file; torch adds "quantize"}. The worker imports the runtime,
 takes the memory baseline (edgebert.bench's helpers: VmRSS, with the VmHWM peak mark reset through
 /proc/self/clear_refs), loads the model, makes the first call and the warm-up calls, and answers
 {"ready": ...}. Then, per request:
@@ -44,6 +45,16 @@ def _rss_breakdown() -> dict | None:
             for name in ("RssAnon", "RssFile", "AnonHugePages", "FilePmdMapped") if name in fields}
 
 
+def _padded(outputs: dict, width: int) -> dict:
+    """sequence_output zero-padded to `width` tokens (a text run at its own length), so that the outputs of
+    texts of different lengths stack; the agreement figures read only the real tokens."""
+    import numpy as np
+    sequence = outputs["sequence_output"]
+    if sequence.shape[1] < width:
+        sequence = np.pad(sequence, ((0, 0), (0, width - sequence.shape[1]), (0, 0)))
+    return {**outputs, "sequence_output": sequence}
+
+
 def serve(spec: dict, requests, channel) -> int:
     import numpy as np
 
@@ -61,7 +72,11 @@ def serve(spec: dict, requests, channel) -> int:
     engine.import_runtime()
     with np.load(spec["inputs"]) as data:  # each data[name] access decompresses anew: once per array
         arrays = {name: data[name] for name in ("input_ids", "attention_mask", "token_type_ids")}
-    raw_feeds = [{name: np.ascontiguousarray(value[i:i + 1]) for name, value in arrays.items()}
+        lengths = data["lengths"] if "lengths" in data.files else None
+    width = arrays["input_ids"].shape[1]
+    # "trim": each text at its own length (the real-text set), else every row padded to the file's width
+    ends = [int(n) for n in lengths] if spec.get("trim") and lengths is not None else [width] * len(arrays["input_ids"])
+    raw_feeds = [{name: np.ascontiguousarray(value[i:i + 1, :ends[i]]) for name, value in arrays.items()}
                  for i in range(len(arrays["input_ids"]))]
     del arrays
     memory = _Memory()  # baseline: runtime imported, inputs read, nothing loaded; the peak mark is reset here
@@ -86,7 +101,7 @@ def serve(spec: dict, requests, channel) -> int:
     after_load = memory.current()
     _reply(channel, {"ready": True, "pid": os.getpid(), "runtime": engine.runtime, "call_path": engine.call_path,
                      "load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3),
-                     "distinct_inputs": len(feeds)})
+                     "distinct_inputs": len(feeds), "feed_lengths": [min(ends), max(ends)]})
 
     for line in requests:
         if not line.strip():
@@ -104,7 +119,7 @@ def serve(spec: dict, requests, channel) -> int:
                 timings[index] = time.perf_counter_ns() - start
             _reply(channel, {"timings_ms": [round(t / 1e6, 5) for t in timings.tolist()]})
         elif command == "outputs":
-            outputs = [engine(feeds[i % len(feeds)]) for i in range(int(request["count"]))]
+            outputs = [_padded(engine(feeds[i % len(feeds)]), width) for i in range(int(request["count"]))]
             np.savez(request["path"], **{name: np.concatenate([o[name] for o in outputs]).astype(np.float32)
                                          for name in ("pooled_output", "sequence_output")})
             _reply(channel, {"saved": request["path"]})
