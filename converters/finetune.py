@@ -551,31 +551,158 @@ def run_name(batch_size: int, learning_rate: float) -> str:
     return f"bs{batch_size}-lr{learning_rate:g}"
 
 
+SEARCH_FILE = "search.json"  # in OUT.search: the inputs every run of the search shares
+
+
+class ChangedInputsError(UsageError):
+    """A search directory that holds runs over other inputs: resuming would mix old results with new."""
+
+
+def search_dir(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".search")
+
+
+def search_identity(source: Source, train: TaskData, dev: TaskData, options: FinetuneOptions) -> dict:
+    """What every run of a search shares: the source, the data and the options other than the grid's two
+    (a search may grow by more batch sizes or learning rates; each run is named by its pair)."""
+    shared = {name: value for name, value in options.fingerprint().items()
+              if name not in ("batch_size", "learning_rate")}
+    return {"version": STATE_VERSION, "source_sha256": source.sha256, "train_sha256": file_sha256(train.path),
+            "dev_sha256": file_sha256(dev.path), "options": shared}
+
+
+def identity_key(identity: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _changed(old: dict, new: dict) -> str:
+    names = {"source_sha256": "the source", "train_sha256": "the training file", "dev_sha256": "the dev file",
+             "version": "the state version"}
+    changed = [label for key, label in names.items() if old.get(key) != new.get(key)]
+    old_options, new_options = old.get("options") or {}, new.get("options") or {}
+    options = sorted(k for k in set(old_options) | set(new_options) if old_options.get(k) != new_options.get(k))
+    if options:
+        changed.append("options " + ", ".join(name.replace("_", "-") for name in options))
+    return "; ".join(changed) or "its inputs"
+
+
+def claim_search_dir(runs_dir: Path, identity: dict, restart: bool = False) -> None:
+    """Make runs_dir the home of this search: a new one is created with its identity; one that holds a
+    search over other inputs is refused (its finished runs must not mix with these), unless restart."""
+    runs_dir = Path(runs_dir)
+    if restart:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+    path = runs_dir / SEARCH_FILE
+    if path.is_file():
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SourceError(f"unreadable search state ({error}); pass --restart to start over", path) from None
+        if held != identity:
+            raise ChangedInputsError(f"holds a search with other inputs ({_changed(held, identity)} changed); rerun with "
+                             "the same ones, or pass --restart to start over", runs_dir)
+        return
+    if runs_dir.is_dir() and any(runs_dir.iterdir()):
+        raise ChangedInputsError("holds runs of an earlier search whose inputs are not recorded; pass --restart to start "
+                         "over", runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(path, identity)
+
+
+def trial_entry(batch_size: int, learning_rate: float, record: dict | None = None, error: str | None = None) -> dict:
+    """One run of a search, the same whether it ran here or on a Ray cluster."""
+    entry = {"run": run_name(batch_size, learning_rate), "batch_size": batch_size, "learning_rate": learning_rate}
+    if record is None:
+        return {**entry, "status": "failed", "error": error}
+    return {**entry, "status": "ok", "dev_metrics": record["dev_metrics"], "best_epoch": record["best_epoch"],
+            "epochs_run": len(record["epochs"]), "stopped_early": record["stopped_early"],
+            "seconds": record["seconds"]}
+
+
+def one_line_error(error: BaseException) -> str:
+    from edgebert.errors import EdgebertError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if isinstance(error, EdgebertError) else f"{type(error).__name__}: {text}"
+
+
+def run_trials_here(source: Source, train: TaskData, dev: TaskData, runs_dir: Path, options: FinetuneOptions,
+                    cells: list[tuple[int, float]], progress: Progress) -> list[dict]:
+    """The search's runs one after another on this machine, each into runs_dir/<run>/ (a finished run is
+    kept and not redone). A run that fails is recorded with its error and the search goes on."""
+    from edgebert.errors import OutputError
+
+    trials = []
+    for batch_size, learning_rate in cells:
+        run_dir = Path(runs_dir) / run_name(batch_size, learning_rate)
+        run_options = dataclasses.replace(options, batch_size=batch_size, learning_rate=learning_rate)
+        if (run_dir / google_checkpoint.SOURCE_RECORD).is_file():
+            record, resumed = google_checkpoint.read_source_record(run_dir)["history"][-1], 0
+            progress.log(f"{run_dir.name}: done before, dev {_main_score(record, dev)}")
+        else:
+            progress.log(f"{run_dir.name}: fine-tuning")
+            resumed = (_read_state(run_dir.with_name(run_dir.name + ".work")) or {}).get("epochs_done", 0)
+            try:
+                record = finetune(source, train, dev, run_dir, run_options, progress=progress).record
+            except OutputError:  # the disk: every later run would fail the same way
+                raise
+            except Exception as error:  # noqa: BLE001 - a run that fails is recorded; the search goes on
+                progress.log(f"{run_dir.name}: failed: {one_line_error(error)}")
+                trials.append(trial_entry(batch_size, learning_rate, error=one_line_error(error)))
+                continue
+        trials.append({**trial_entry(batch_size, learning_rate, record), "path": str(run_dir),
+                       "resumed_after_epoch": resumed})
+    return trials
+
+
+def _main_score(record: dict, dev: TaskData) -> str:
+    name = dev.metric_names[0]
+    return f"{name} {record['dev_metrics'][name]:.4f}"
+
+
+def best_trial(trials: list[dict], dev: TaskData) -> dict:
+    """The finished run with the best main dev metric (the first of equals, in grid order)."""
+    main_metric = dev.metric_names[0]
+    finished = [trial for trial in trials if trial["status"] == "ok"]
+    if not finished:
+        errors = "; ".join(f"{t['run']}: {t['error']}" for t in trials[:3])
+        raise UsageError(f"every run of the search failed ({errors})")
+    return max(finished, key=lambda trial: trial["dev_metrics"][main_metric])
+
+
 def search(source: Source, train: TaskData, dev: TaskData, out_dir: Path, options: FinetuneOptions,
            batch_sizes: list[int], learning_rates: list[float], *, progress: Progress = Progress(),
-           force: bool = False) -> FinetuneResult:
+           force: bool = False, restart: bool = False, run_trials=None) -> FinetuneResult:
     """Fine-tune once per (batch size, learning rate), each into out_dir.search/<run>/ (finished runs are
-    kept, so an interrupted search resumes), and write the best on the dev set to out_dir."""
+    kept, so an interrupted search resumes), and write the best on the dev set to out_dir.
+
+    `run_trials(source, train, dev, runs_dir, options, cells, progress) -> trials` runs them: on this
+    machine, one after another, by default; converters.distributed runs them on a Ray cluster. A run that
+    fails is recorded with its error; a search over other inputs in out_dir.search is refused."""
     if dev is None:
         raise UsageError("a hyper-parameter search needs --dev to compare the runs on")
     out_dir = Path(out_dir)
     hf_checkpoint.prepare_output(source, out_dir, force=force)  # before any run: the best is copied there
-    runs_dir = out_dir.with_name(out_dir.name + ".search")
-    main_metric, results = dev.metric_names[0], []
-    for batch_size, learning_rate in grid(batch_sizes, learning_rates):
-        run_dir = runs_dir / run_name(batch_size, learning_rate)
-        run_options = dataclasses.replace(options, batch_size=batch_size, learning_rate=learning_rate)
-        if (run_dir / google_checkpoint.SOURCE_RECORD).is_file():
-            record = google_checkpoint.read_source_record(run_dir)["history"][-1]
-            progress.log(f"{run_dir.name}: done before, dev {main_metric} {record['dev_metrics'][main_metric]:.4f}")
-        else:
-            progress.log(f"{run_dir.name}: fine-tuning")
-            record = finetune(source, train, dev, run_dir, run_options, progress=progress).record
-        results.append((record["dev_metrics"][main_metric], run_dir, record))
-    best_score, best_dir, best_record = max(results, key=lambda item: item[0])
-    progress.log(f"best: {best_dir.name} (dev {main_metric} {best_score:.4f})")
+    runs_dir = search_dir(out_dir)
+    claim_search_dir(runs_dir, search_identity(source, train, dev, options), restart)
+    trials = (run_trials or run_trials_here)(source, train, dev, runs_dir, options,
+                                             grid(batch_sizes, learning_rates), progress)
+    return write_best(out_dir, trials, dev, progress)
+
+
+def write_best(out_dir: Path, trials: list[dict], dev: TaskData, progress: Progress = Progress()) -> FinetuneResult:
+    """Copy the best run (trial["path"], a finished checkpoint) to out_dir, its record listing every run."""
+    main_metric = dev.metric_names[0]
+    best = best_trial(trials, dev)
+    best_dir = Path(best["path"])
+    progress.log(f"best: {best['run']} (dev {main_metric} {best['dev_metrics'][main_metric]:.4f})")
     record = google_checkpoint.read_source_record(best_dir)
-    record["history"][-1]["search"] = [{"run": d.name, main_metric: s} for s, d, _ in results]
+    record["history"][-1]["search"] = [
+        {"run": t["run"], **({main_metric: t["dev_metrics"][main_metric]} if t["status"] == "ok" else {}),
+         **{name: value for name, value in t.items() if name not in ("run", "path")}} for t in trials]
     staging = out_dir.with_name(f".{out_dir.name}.tmp-search")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(best_dir, staging)
@@ -583,5 +710,4 @@ def search(source: Source, train: TaskData, dev: TaskData, out_dir: Path, option
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    return FinetuneResult(out_dir, record["history"][-1], best_record["dev_metrics"])
-
+    return FinetuneResult(out_dir, record["history"][-1], best["dev_metrics"])

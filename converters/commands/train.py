@@ -71,6 +71,13 @@ def epoch_progress(log):
               help="Peak learning rate; several, comma-separated, run a search.")
 @click.option("--search", is_flag=True,
               help="Search the BERT Miniatures' grid: batch sizes 8,16,32,64,128 x learning rates 3e-4,1e-4,5e-5,3e-5.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the search's trials on a Ray cluster: auto, HOST:PORT of its head, or local (a Ray started "
+                   "here). Needs the [distributed] extra.")
+@click.option("--cpus-per-trial", default=1, show_default=True, help="With --ray: CPUs each trial asks Ray for.")
+@click.option("--storage", default=None, metavar="PATH|URI",
+              help="With --ray: where Ray Tune keeps the trials' results and checkpoints (a path, or a URI such as "
+                   "s3://bucket/dir that every node reaches). Default: OUT.search/ray.")
 @click.option("--warmup", default=0.1, show_default=True, help="Fraction of steps with a linear warm-up.")
 @click.option("--weight-decay", default=0.01, show_default=True, help="AdamW weight decay (not on biases, LayerNorms).")
 @click.option("--dropout", default=0.1, show_default=True, help="Dropout while training.")
@@ -95,10 +102,12 @@ def epoch_progress(log):
 @click.option("--new-head", is_flag=True, help="Replace a classifier head trained for another task.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Per-epoch checkpoints, for resume (default: OUT.work beside OUT; removed when done).")
-@click.option("--restart", is_flag=True, help="Ignore an interrupted run in the work directory and start over.")
+@click.option("--restart", is_flag=True,
+              help="Ignore an interrupted run in the work directory (a search: OUT.search) and start over.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, epochs, batch_size,
-             learning_rate, search, warmup, weight_decay, dropout, max_seq_len, patience, seed, max_train_examples,
+             learning_rate, search, ray_address, cpus_per_trial, storage, warmup, weight_decay, dropout, max_seq_len,
+             patience, seed, max_train_examples,
              teacher, temperature, distill_weight, prune_sparsity, prune_pattern, prune_begin, prune_end,
              prune_frequency, new_head, work_dir, restart, force):
     """Fine-tune SOURCE on a GLUE-style task and write the best epoch as a checkpoint.
@@ -109,6 +118,12 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
     """
     from edgebert.bundle import check_output_dir
     check_output_dir(out_dir, force)  # before minutes of training (the library checks the rest before it too)
+    if ray_address:
+        from converters.distributed import parse_address
+
+        parse_address(ray_address)
+    elif storage or cpus_per_trial != 1:
+        raise UsageError("--storage and --cpus-per-trial go with --ray")
     converters_or_exit()
     from converters.finetune import (MINIATURES_BATCH_SIZES, MINIATURES_LEARNING_RATES, FinetuneOptions,
                                      finetune as run_finetune, search as run_search)
@@ -131,14 +146,23 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
                               patience=patience, seed=seed, max_train_examples=max_train_examples,
                               teacher=teacher, temperature=temperature, distill_weight=distill_weight,
                               pruning=pruning, new_head=new_head)
+    if (ray_address or storage) and len(batch_sizes) * len(learning_rates) == 1:
+        raise UsageError("--ray and --storage run a search's trials: add --search, or several --batch-size or "
+                         "--learning-rate values")
     say(f"reading {source}")
     model_source = load_source(source)
     progress = epoch_progress(say)
     if len(batch_sizes) * len(learning_rates) > 1:
-        if work_dir or restart:
-            raise UsageError("--work-dir and --restart apply to one run; a search keeps its runs in OUT.search")
+        if work_dir:
+            raise UsageError("--work-dir applies to one run; a search keeps its runs in OUT.search")
+        run_trials = None
+        if ray_address:
+            from converters.distributed import connect, tune_trials
+
+            connect(ray_address, say)
+            run_trials = tune_trials(storage=storage, cpus_per_trial=cpus_per_trial, log=say)
         result = run_search(model_source, train, dev, out_dir, options, batch_sizes, learning_rates,
-                            progress=progress, force=force)
+                            progress=progress, force=force, restart=restart, run_trials=run_trials)
     else:
         result = run_finetune(model_source, train, dev, out_dir, options, work_dir=work_dir, progress=progress,
                               force=force, restart=restart)

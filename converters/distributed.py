@@ -1,0 +1,302 @@
+"""Ray under the search and the sweep: a fine-tuning search's runs as Ray Tune trials, a sweep's cells
+as Ray tasks. Ray is the scheduler, the retry policy and the checkpoint store; nothing here schedules.
+
+    --ray auto          the cluster this machine belongs to (RAY_ADDRESS, or the one `ray start` began)
+    --ray HOST:PORT     the cluster whose head listens there (`ray start --head --port PORT`)
+    --ray local         a Ray started here for this command, on this machine's CPUs
+
+Every node needs edgebert with the [convert,distributed] extras, in the same Python version as the
+driver. A trial gets the source's weights and the task files through Ray's object store, so the data
+need not be on the nodes; a --teacher path must be readable on every node.
+
+A trial (one fine-tuning run) reports each epoch to Tune with the run's work directory (model, optimizer
+state, best weights so far) as its checkpoint, and its finished model as its last checkpoint; Tune keeps
+them in the storage directory (`--storage`: a local path, or any URI pyarrow reads, such as s3://... or
+gs://..., which a multi-node cluster needs unless the path is shared). A trial whose node dies is
+restarted by Tune (FailureConfig) from its last checkpoint, elsewhere if need be: finetune() resumes
+after the last finished epoch. A trial that fails for its own reasons (a diverging loss, a bad option)
+reports its error and ends normally, so it is recorded once and not retried. A driver that is killed
+and rerun restores the experiment (Tuner.restore): finished trials are kept, unfinished ones resume.
+
+The experiment's name carries the digest of its inputs (source, data, options), so a changed input is
+never resumed into an old experiment; the search directory refuses it first (finetune.claim_search_dir).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from converters import finetune as ft
+from converters.google_checkpoint import SOURCE_RECORD
+from edgebert.errors import UsageError
+
+DISTRIBUTED_EXTRA = "pip install 'edgebert[distributed]'"
+MAX_FAILURES = 3  # restarts of a trial whose process or node died (Tune's FailureConfig)
+CONNECT_TIMEOUT_S = 5.0
+
+Log = Callable[[str], None]
+
+
+def parse_address(text: str) -> str:
+    """`auto`, `local` or HOST:PORT; anything else is a UsageError naming the three forms."""
+    text = (text or "").strip()
+    if text in ("auto", "local"):
+        return text
+    host, _, port = text.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    raise UsageError(f"--ray takes auto, local or HOST:PORT (the head's `ray start --head --port`), got {text!r}")
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise UsageError(f"--ray needs Ray ({error.name} is missing): {DISTRIBUTED_EXTRA}") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minute of retries, when nothing listens at HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(f"no Ray cluster answers at {address} ({reason.lower()}); start one there with "
+                         f"`ray start --head --port {port}`, or use --ray local") from None
+
+
+def connect(address: str, log: Log = lambda message: None) -> None:
+    """Join (or, for `local`, start) the Ray cluster; a UsageError in one line when there is none."""
+    address = parse_address(address)
+    ray = import_ray()
+    if ray.is_initialized():
+        return
+    if address not in ("auto", "local"):
+        _check_reachable(address)
+    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}}
+    common = {"runtime_env": runtime_env, "log_to_driver": False, "logging_level": logging.ERROR,
+              "configure_logging": True}
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, **common)
+        else:
+            ray.init(address=address, **common)
+    except Exception as error:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError here
+        raise UsageError(f"cannot join the Ray cluster at {address}: {ft.one_line_error(error)}") from None
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    log(f"ray: {address}: {len(nodes)} node{'s' * (len(nodes) != 1)}, "
+        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+
+
+def storage_path(storage: str | os.PathLike | None, default: Path) -> str:
+    """A URI as given (s3://, gs://, file://...); a local path made absolute (Tune needs one)."""
+    text = str(storage) if storage is not None else str(default)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search's runs as Tune trials
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialInputs:
+    """What every trial gets through the object store: no path on the driver needs to exist on a node."""
+
+    source: object  # converters.sources.Source
+    train: object  # edgebert.tasks.TaskData
+    train_bytes: bytes  # the files themselves: a run's identity holds their sha256
+    dev: object
+    dev_bytes: bytes
+    options: ft.FinetuneOptions
+    threads: int
+
+
+def _task_files(inputs: TrialInputs, root: Path):
+    """The tasks as the driver read them, their files rewritten here under the same names."""
+    tasks = []
+    for name, task, data in (("train", inputs.train, inputs.train_bytes), ("dev", inputs.dev, inputs.dev_bytes)):
+        path = root / "data" / name / Path(task.path).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        tasks.append(dataclasses.replace(task, path=path))
+    return tasks
+
+
+def _trial(config: dict, inputs: TrialInputs | None = None) -> None:
+    """One fine-tuning run, in a Tune trial: resumes from the trial's last checkpoint when Tune restarts it."""
+    from ray import tune
+
+    from converters.tf_import import tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(inputs.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    batch_size, learning_rate = int(config["cell"][0]), float(config["cell"][1])
+    options = dataclasses.replace(inputs.options, batch_size=batch_size, learning_rate=learning_rate)
+    root = Path(tempfile.mkdtemp(prefix="edgebert-trial-"))
+    work, model = root / "work", root / "model"
+    resumed = 0
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(str(root / "restored"))
+            if (root / "restored" / SOURCE_RECORD).is_file():  # the run had finished: report it again
+                record = json.loads((root / "restored" / SOURCE_RECORD).read_text(encoding="utf-8"))["history"][-1]
+                tune.report(_final(batch_size, learning_rate, record),
+                            checkpoint=tune.Checkpoint.from_directory(str(root / "restored")))
+                return
+            (root / "restored").rename(work)
+            resumed = (ft._read_state(work) or {}).get("epochs_done", 0)
+        train, dev = _task_files(inputs, root)
+        metric = dev.metric_names[0]
+
+        def epoch_done(record: dict) -> None:
+            tune.report({"status": "running", "epoch": record["epoch"], "train_loss": record["train_loss"],
+                         f"dev_{metric}": record.get("dev", {}).get(metric)},
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        try:
+            record = ft.finetune(inputs.source, train, dev, model, options, work_dir=work,
+                                 progress=ft.Progress(on_epoch_end=epoch_done)).record
+        except Exception as error:  # noqa: BLE001 - the run's own failure: recorded, not retried
+            tune.report({"status": "failed", "error": ft.one_line_error(error)})
+            return
+        tune.report(_final(batch_size, learning_rate, record, resumed),
+                    checkpoint=tune.Checkpoint.from_directory(str(model)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _final(batch_size: int, learning_rate: float, record: dict, resumed: int = 0) -> dict:
+    """The trial's entry; resumed_after_epoch > 0 when Tune restarted it from an epoch checkpoint."""
+    entry = {**ft.trial_entry(batch_size, learning_rate, record), "resumed_after_epoch": resumed}
+    return {"status": "ok", "trial_json": json.dumps(entry)}
+
+
+class _Lines:
+    """Tune's events as one line each on the terminal (Tune's own tables are turned off)."""
+
+    def __init__(self, log: Log, metric: str, total: int):
+        from ray import tune
+
+        outer = self
+
+        class Callback(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                outer.log(f"{outer.name(trial)}: started")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get("status") == "running":
+                    score = result.get(f"dev_{outer.metric}")
+                    outer.log(f"{outer.name(trial)}: epoch {result['epoch']}, train loss {result['train_loss']:.4f}"
+                              + (f", dev {outer.metric} {score:.4f}" if score is not None else ""))
+                elif result.get("status") == "failed":
+                    outer.log(f"{outer.name(trial)}: failed: {result['error']}")
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.done += 1
+                outer.log(f"[{outer.done}/{outer.total}] {outer.name(trial)}: finished")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.log(f"{outer.name(trial)}: its process or node failed (no restarts left)")
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                outer.log(f"{outer.name(trial)}: its process or node failed; restarting from its last checkpoint (if any)")
+
+        self.log, self.metric, self.total, self.done = log, metric, total, 0
+        self.callback = Callback()
+
+    @staticmethod
+    def name(trial) -> str:
+        cell = (trial.config or {}).get("cell")
+        return ft.run_name(*cell) if cell else f"trial {trial.trial_id}"
+
+
+def tune_trials(*, storage: str | os.PathLike | None = None, cpus_per_trial: int = 1, log: Log = print,
+                max_failures: int = MAX_FAILURES):
+    """A `run_trials` for finetune.search that runs the runs as Ray Tune trials on the connected cluster."""
+    if cpus_per_trial < 1:
+        raise UsageError(f"--cpus-per-trial must be at least 1, got {cpus_per_trial}")
+
+    def run(source, train, dev, runs_dir: Path, options: ft.FinetuneOptions, cells, progress) -> list[dict]:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: _Lines draws the progress
+        # The experiment's state (which trials finished) saved every second, not every 10+: a driver killed
+        # and rerun restarts fewer trials (one that had finished only reports its final checkpoint again).
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        from ray import tune
+
+        runs_dir = Path(runs_dir).resolve()
+        identity = ft.search_identity(source, train, dev, options)
+        name = f"{runs_dir.name}-{ft.identity_key(identity)[:12]}"
+        where = storage_path(storage, runs_dir / "ray")
+        inputs = TrialInputs(source=source, train=train, train_bytes=Path(train.path).read_bytes(), dev=dev,
+                             dev_bytes=Path(dev.path).read_bytes(), options=options, threads=cpus_per_trial)
+        trainable = tune.with_resources(tune.with_parameters(_trial, inputs=inputs), {"cpu": cpus_per_trial})
+        lines = _Lines(log, dev.metric_names[0], len(cells))
+        experiment = f"{where.rstrip('/')}/{name}"
+        space = {"cell": tune.grid_search([list(cell) for cell in cells])}  # one trial per pair, in grid order
+        if tune.Tuner.can_restore(experiment):
+            log(f"ray: resuming the experiment in {experiment}")
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, param_space=space)
+            tuner._local_tuner._run_config.callbacks = [lines.callback]  # callbacks are not restored
+        else:
+            log(f"ray: {len(cells)} trials, {cpus_per_trial} CPU{'s' * (cpus_per_trial != 1)} each; "
+                f"checkpoints in {experiment}")
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                run_config=tune.RunConfig(
+                    name=name, storage_path=where, verbose=0, callbacks=[lines.callback],
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            )
+        started = time.perf_counter()
+        results = tuner.fit()
+        log(f"ray: {len(cells)} trials in {time.perf_counter() - started:.0f} s")
+        return _collect(results, cells, runs_dir, {"train_file": str(train.path), "dev_file": str(dev.path)})
+
+    return run
+
+
+def _collect(results, cells, runs_dir: Path, files: dict) -> list[dict]:
+    """The trials in the grid's order, one entry each; the finished models copied to runs_dir/<run>/."""
+    by_cell = {}
+    for result in results:
+        cell = tuple(result.config["cell"])
+        metrics = result.metrics or {}
+        if metrics.get("status") == "ok":
+            trial = json.loads(metrics["trial_json"])
+            run_dir = runs_dir / trial["run"]
+            if not (run_dir / SOURCE_RECORD).is_file():
+                staging = runs_dir / f".{trial['run']}.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                result.checkpoint.to_directory(str(staging))
+                _record_files(staging, files)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                staging.rename(run_dir)
+            trial["path"] = str(run_dir)
+        elif metrics.get("status") == "failed":
+            trial = ft.trial_entry(*cell, error=metrics["error"])
+        else:
+            error = ft.one_line_error(result.error) if result.error else "the trial ended without a result"
+            trial = ft.trial_entry(*cell, error=error)
+        by_cell[cell] = trial
+    return [by_cell.get(tuple(cell)) or ft.trial_entry(*cell, error="not run") for cell in cells]
+
+
+def _record_files(model_dir: Path, files: dict) -> None:
+    """The run's record names the task files the driver read, not the trial's copies of them."""
+    path = model_dir / SOURCE_RECORD
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["history"][-1].update(files)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,292 @@
+"""The search and the grid on Ray, against a real cluster started here: a head and a worker node as separate
+`ray start` processes on 127.0.0.1, tiny random models, tiny task files. The worker is killed mid-run, the
+driver is killed mid-run and rerun; every process the tests start is stopped by its PID."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ci import missing
+from cli_helpers import error_line, invoke
+from test_finetune import _write_task
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+CELLS = ["--batch-size", "16", "--learning-rate", "3e-3,1e-6"]  # 1.0 and ~0.5 dev accuracy: a clear best
+DRIVER_TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process tree under pid (from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process we started, everything under it, and its own process group."""
+    for pid in [process.pid, *_descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # started with start_new_session: its group is its own
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=30)
+
+
+def _env() -> dict:
+    # Token auth off: a ~/.ray/auth_token left by some other `ray.init()` would turn it on for `ray start` only.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+class Cluster:
+    def __init__(self):
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Ray's socket paths must stay short: not under pytest's long tmp_path.
+        self.temp = Path(tempfile.mkdtemp(prefix="ebray", dir="/tmp"))
+        self.head = self.worker = None
+        try:
+            self.head = self._start("--head", "--port", str(self.port), "--temp-dir", str(self.temp),
+                                    "--include-dashboard=false")
+            self._wait_for_nodes(1)
+            self.worker = self.start_worker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, *args) -> subprocess.Popen:
+        log = open(self.temp / f"start-{time.monotonic_ns()}.log", "w")
+        return subprocess.Popen([str(RAY), "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+
+    def start_worker(self) -> subprocess.Popen:
+        self.worker = self._start("--address", self.address)
+        self._wait_for_nodes(2)
+        return self.worker
+
+    def _wait_for_nodes(self, count: int) -> None:
+        code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            done = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
+                                  env=_env(), timeout=60)
+            if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] and \
+                    int(done.stdout.strip().splitlines()[-1]) >= count:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the Ray cluster did not reach {count} nodes: {done.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        for process in (self.worker, self.head):
+            if process is not None and process.poll() is None:
+                _kill_tree(process)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_installed():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        missing("Ray is not installed (pip install -e '.[distributed]')")
+    if not RAY.exists() or not Path("/proc").is_dir():
+        missing("the `ray` command (or /proc, to stop its processes) is not available")
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_installed):
+    started = Cluster()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def files(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    train, dev = _write_task(root / "train.tsv", 1600, 0), _write_task(root / "dev.tsv", 80, 1)
+    return tiny_checkpoint, train, dev
+
+
+def _finetune_args(files, out: Path, *more) -> list[str]:
+    source, train, dev = files
+    return ["finetune", str(source), "--task", str(train), "--dev", str(dev), "--out", str(out), "--epochs", "4",
+            "--patience", "4", "--max-seq-len", "32", *CELLS, *more]
+
+
+def _driver(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edgebert", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, start_new_session=True)
+
+
+def _search_record(out: Path) -> dict:
+    return json.loads((out / "edgebert_source.json").read_text())["history"][-1]
+
+
+def _trial_entries(out: Path) -> list[dict]:
+    """Each trial's entry as the search collected it (the run directories hold the finished models)."""
+    runs = sorted((out.parent / f"{out.name}.search").glob("bs*"))
+    return [json.loads((run / "edgebert_source.json").read_text())["history"][-1] for run in runs]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Without a cluster
+
+
+def test_a_bad_address_is_one_line():
+    result = invoke("finetune", "x", "--task", "t.tsv", "--out", "o", "--search", "--ray", "nowhere")
+    assert "--ray takes auto, local or HOST:PORT" in error_line(result, 2)
+
+
+def test_ray_without_a_search_is_one_line(tiny_checkpoint, tmp_path):
+    train = _write_task(tmp_path / "t.tsv", 8, 0)
+    result = invoke("finetune", tiny_checkpoint, "--task", train, "--out", tmp_path / "o", "--ray", "local")
+    assert "--ray and --storage run a search's trials" in error_line(result, 2)
+
+
+def test_no_cluster_at_the_address_fails_in_seconds_with_one_line(ray_installed, files, tmp_path):
+    port = _free_port()  # closed again: nothing listens there
+    started = time.monotonic()
+    driver = _driver(_finetune_args(files, tmp_path / "best", "--ray", f"127.0.0.1:{port}"))
+    stdout, stderr = driver.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert driver.returncode == 2 and stdout == ""
+    assert stderr.splitlines()[-1] == (f"error: no Ray cluster answers at 127.0.0.1:{port} (connection refused); "
+                                       f"start one there with `ray start --head --port {port}`, or use --ray local")
+    assert "Traceback" not in stderr
+
+
+def test_a_search_over_changed_inputs_is_refused(files, tmp_path):
+    """Here (no Ray): the second search's epochs differ, so its runs must not mix with the first's."""
+    out = tmp_path / "best"
+    first = invoke(*_finetune_args(files, out, "--epochs", "1"))
+    assert first.exit_code == 0, first.output
+    assert [t["run"] for t in _search_record(out)["search"]] == ["bs16-lr0.003", "bs16-lr1e-06"]
+    again = invoke(*_finetune_args(files, out, "--epochs", "2", "--force"))
+    line = error_line(again, 2, progress=tuple(again.stderr.splitlines()[:-1]))
+    assert line == (f"error: {out}.search: holds a search with other inputs (options epochs changed); rerun with the "
+                    "same ones, or pass --restart to start over")
+
+
+# ---------------------------------------------------------------------------------------------------
+# On a head and a worker node
+
+
+@pytest.mark.slow
+def test_a_killed_worker_node_s_trial_restarts_from_its_checkpoint_and_finishes_once(cluster, files, tmp_path):
+    out = tmp_path / "best"
+    driver = _driver(_finetune_args(files, out, "--ray", cluster.address, "--epochs", "8", "--patience", "8"))
+    lines, killed, second_epoch = [], False, set()
+    for line in driver.stderr:  # the driver's progress, one line per event
+        lines.append(line.rstrip("\n"))
+        if ": epoch 2," in line:
+            second_epoch.add(line.split(":")[0])
+        # Both trials run at once, one per node (one CPU each). Once both have reported epoch 2, Tune holds
+        # each one's epoch-1 checkpoint (it saves before it asks for the next epoch): kill the worker node.
+        if not killed and len(second_epoch) == 2:
+            _kill_tree(cluster.worker)
+            killed = True
+    driver.wait(timeout=DRIVER_TIMEOUT)
+    log = "\n".join(lines)
+    assert driver.returncode == 0, log[-4000:]
+    assert killed, "the trials did not run at the same time; nothing was killed:\n" + log[-4000:]
+    assert "restarting from its last checkpoint" in log, log[-4000:]
+    trials = _search_record(out)["search"]
+    assert [t["run"] for t in trials] == ["bs16-lr0.003", "bs16-lr1e-06"]  # each exactly once
+    assert all("accuracy" in t for t in trials), trials
+    assert max(t["resumed_after_epoch"] for t in trials) >= 1, log  # went on from an epoch checkpoint
+    entries = {e["options"]["learning_rate"]: e for e in _trial_entries(out)}
+    # Each run's epochs are 1..8 once each: the restarted one went on after its last checkpoint.
+    assert all([r["epoch"] for r in e["epochs"]] == list(range(1, 9)) for e in entries.values())
+    assert _search_record(out)["dev_metrics"]["accuracy"] == 1.0
+    cluster.worker = cluster.start_worker()  # for the next test
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, files, tmp_path):
+    args = _finetune_args(files, tmp_path / "best", "--ray", cluster.address, "--learning-rate", "3e-3,1e-6,1e-5")
+    driver = _driver(args)
+    first = []
+    for line in driver.stderr:
+        first.append(line.rstrip("\n"))
+        if "] bs16-" in line and ": finished" in line:
+            break
+    _kill_tree(driver)
+    finished = first[-1].split("] ", 1)[1].split(":")[0]
+    rerun = subprocess.run([sys.executable, "-m", "edgebert", *args], capture_output=True, text=True, env=_env(),
+                           cwd=REPO, timeout=DRIVER_TIMEOUT)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "ray: resuming the experiment" in rerun.stderr
+    # Not redone: no epoch of it trains again (a trial that finished within the second before the kill may be
+    # restarted, and then only reports its final checkpoint again).
+    assert f"{finished}: epoch" not in rerun.stderr, rerun.stderr
+    trials = _search_record(tmp_path / "best")["search"]
+    assert sorted(t["run"] for t in trials) == ["bs16-lr0.003", "bs16-lr1e-05", "bs16-lr1e-06"]
+
+    # The same best as an uninterrupted search here, without Ray.
+    plain = invoke(*_finetune_args(files, tmp_path / "plain", "--learning-rate", "3e-3,1e-6,1e-5"))
+    assert plain.exit_code == 0, plain.output
+    ours, theirs = _search_record(tmp_path / "best"), _search_record(tmp_path / "plain")
+    scores = [{t["run"]: t.get("accuracy") for t in r["search"]} for r in (ours, theirs)]
+    assert ours["options"]["learning_rate"] == theirs["options"]["learning_rate"], scores
+    assert ours["dev_metrics"]["accuracy"] == pytest.approx(theirs["dev_metrics"]["accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_the_grid_on_ray_and_here_give_the_same_table(cluster, files, tmp_path):
+    source, train, dev = files
+    (tmp_path / "data" / "SST-2").mkdir(parents=True)
+    shutil.copy(train, tmp_path / "data" / "SST-2" / "train.tsv")
+    shutil.copy(dev, tmp_path / "data" / "SST-2" / "dev.tsv")
+    shutil.copytree(source, tmp_path / "ckpts" / "uncased_L-2_H-128_A-2")  # the tiny model stands in for Tiny
+    common = ["grid", "--variants", "tiny", "--tasks", "SST-2", "--data", str(tmp_path / "data"),
+              "--checkpoints", str(tmp_path / "ckpts"), "--batch-sizes", "16", "--learning-rates", "3e-3,1e-6",
+              "--epochs", "3", "--max-seq-len", "32", "--runs", "3"]
+    grids = {}
+    for name, extra in (("ray", ["--ray", cluster.address, "--storage", str(tmp_path / "store")]), ("here", [])):
+        done = subprocess.run([sys.executable, "-m", "edgebert", *common, "--out", str(tmp_path / name), *extra],
+                              capture_output=True, text=True, env=_env(), cwd=REPO, timeout=DRIVER_TIMEOUT)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "| L=2 | 100.0 / " in done.stdout, done.stdout
+        grids[name] = json.loads((tmp_path / name / "grid.json").read_text())
+    assert any((tmp_path / "store").iterdir())  # Tune's experiment went to --storage
+    ray_cell, here_cell = grids["ray"]["cells"][0], grids["here"]["cells"][0]
+    assert set(ray_cell) == set(here_cell)  # one result format either way
+    assert ray_cell["best"]["run"] == here_cell["best"]["run"] == "bs16-lr0.003"
+    assert [t["run"] for t in ray_cell["trials"]] == [t["run"] for t in here_cell["trials"]]
+    assert ray_cell["tflite"]["dev_metrics"]["accuracy"] >= 0.9
+    results = json.loads((tmp_path / "ray" / "results.json").read_text())["results"]
+    assert results[0]["sweep"]["accuracy"]["task"] == "SST-2" and results[0]["latency_ms"]["p50"] > 0
