@@ -187,6 +187,7 @@ def test_bench_many_and_the_table(bundles, tmp_path):
     results = bench_many([bundles["fixed"]], progress=lambda *args: seen.append(args), runs=2, warmup=0)
     assert seen == [(0, 1, "tiny.s32"), (1, 1, None)]
     assert results["schema"] == BENCH_SCHEMA and DEVICE_KEYS <= set(results["device"])
+    assert results["device"]["int8_kernels"] and results["device"]["cpu_features"]  # edgebert.cpu_features
     assert [r["bundle"]["name"] for r in results["results"]] == ["tiny.s32"]
     results["results"].append(failed_result(tmp_path / "broken", "benchmark worker killed by SIGKILL"))
     table = format_table(results).splitlines()

@@ -57,6 +57,9 @@ COMMANDS = {
                "Copy BUNDLEs to a device over ssh or adb, benchmark them there and run the device tests there."),
     "finetune": ("converters.commands.train:finetune",
                  "Fine-tune SOURCE on a GLUE-style task and write the best epoch as a checkpoint."),
+    "grid": ("converters.commands.grid:grid",
+             "Fine-tune each variant on each task over the BERT Miniatures' grid, export the best to int8, score and "
+             "time it."),
     "prune": ("converters.commands.shrink:prune",
               "Remove a classifier's least important attention heads, FFN neurons and whole layers."),
     "trim-vocab": ("converters.commands.shrink:trim_vocab",
