@@ -14,6 +14,7 @@ import numpy as np
 from converters.model import INPUT_NAMES
 from converters.tf_import import tf, tf_keras
 from edgebert.errors import ConversionError, UsageError
+from edgebert.interpreter import SIGNATURE, signature_for
 
 
 class QuantizeMode(str, Enum):
@@ -49,32 +50,39 @@ class Compat(str, Enum):
             raise UsageError(f"unknown compat target {text!r} (choose from {', '.join(c.value for c in cls)})") from None
 
 
-def serving_function(model: tf_keras.Model, seq_len: int | None):
+def serving_function(model: tf_keras.Model, seq_len: int | None, signature: str = SIGNATURE):
     """A concrete function over named int32 [1, S] inputs: named TensorSpecs are what give the
-    `serving_default` signature its input names."""
+    signature its input names. With several functions the converter names each signature after its
+    function's graph, so the Python function is given the signature's name."""
     specs = [tf.TensorSpec([1, seq_len], tf.int32, name=name) for name in INPUT_NAMES]
 
-    @tf.function(input_signature=specs)
     def serve(input_ids, attention_mask, token_type_ids):
         return model({"input_ids": input_ids, "attention_mask": attention_mask,
                       "token_type_ids": token_type_ids}, training=False)
 
-    return serve.get_concrete_function()
+    serve.__name__ = signature
+    return tf.function(serve, input_signature=specs).get_concrete_function()
 
 
 def export_tflite(model: tf_keras.Model, seq_len: int | None, mode: QuantizeMode,
-                  calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
-                  compat: Compat | None = None) -> bytes:
+                  calibration: Callable[[], Iterable] | None = None,
+                  compat: Compat | None = None, shorter_lengths: tuple[int, ...] = ()) -> bytes:
     """Convert BERT's serving function to TFLite. `calibration` yields input dicts of real tokenized
-    text (int8 only)."""
-    return convert_function(serving_function(model, seq_len), model, mode, calibration, compat)
+    text (int8 only). `shorter_lengths` adds one signature per length (length buckets, named by
+    edgebert.interpreter.signature_for): the converter stores the weights once for all of them, and
+    `seq_len`, the longest, stays `serving_default`. A bucketed int8 calibration yields
+    (signature, input dict) pairs, one signature's texts at its own length."""
+    functions = [serving_function(model, length, signature_for(length, seq_len))
+                 for length in (*sorted(shorter_lengths), seq_len)]
+    return convert_function(functions, model, mode, calibration, compat)
 
 
 def convert_function(function, trackable, mode: QuantizeMode,
-                     calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+                     calibration: Callable[[], Iterable] | None = None,
                      compat: Compat | None = None) -> bytes:
-    """Any concrete function (BERT's, or a benchmark's single layer) to TFLite bytes in `mode`, on
-    builtin ops only. `trackable` owns the function's variables (the Keras model or layer)."""
+    """Any concrete function (BERT's, or a benchmark's single layer), or a list of them (one signature
+    each), to TFLite bytes in `mode`, on builtin ops only. `trackable` owns the functions' variables
+    (the Keras model or layer)."""
     if compat is Compat.TFLITE_RUNTIME_2_14 and mode is QuantizeMode.DYNAMIC_INT4:
         raise UsageError(f"--compat {compat.value}: tflite-runtime 2.14 has no int4 kernels; use dynamic-int8")
     if compat is Compat.TFLITE_RUNTIME_2_14 and mode is not QuantizeMode.DYNAMIC_INT8:
@@ -83,7 +91,8 @@ def convert_function(function, trackable, mode: QuantizeMode,
     if mode is QuantizeMode.DYNAMIC_INT4:
         raise UsageError("dynamic-int4 is made by ai-edge-quantizer from a float32 export "
                          "(converters.quantize), not by the TensorFlow converter")
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
+    functions = function if isinstance(function, list) else [function]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, trackable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode is QuantizeMode.FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

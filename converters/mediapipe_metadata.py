@@ -153,12 +153,12 @@ def single_output_model(model_bytes: bytes, head: str, where: str | os.PathLike)
         model = fb.ModelT.InitFromPackedBuf(bytes(model_bytes), 0)
     except Exception as error:  # noqa: BLE001 - a corrupt flatbuffer raises anything
         raise BundleError(f"not a TFLite model ({type(error).__name__}: {error})", where) from None
-    if len(model.subgraphs or []) != 1:
-        raise UsageError(f"MediaPipe needs one subgraph; this model has {len(model.subgraphs or [])}", where)
-    graph = model.subgraphs[0]
     signature = next((s for s in model.signatureDefs or [] if _text(s.signatureKey) == SIGNATURE), None)
     if signature is None:
         raise BundleError(f"model has no {SIGNATURE!r} signature", where)
+    if len(model.subgraphs or []) != 1:  # length buckets: MediaPipe runs one subgraph, the longest length
+        _keep_only_signature(model, signature, where)
+    graph = model.subgraphs[0]
     inputs = {_text(item.name): int(item.tensorIndex) for item in signature.inputs or []}
     if sorted(inputs) != sorted(INPUTS) or sorted(inputs.values()) != sorted(int(i) for i in graph.inputs):
         raise UsageError(f"MediaPipe's BERT tasks need the inputs {', '.join(INPUTS)}; this model has "
@@ -196,6 +196,22 @@ def single_output_model(model_bytes: bytes, head: str, where: str | os.PathLike)
     builder.Finish(model.Pack(builder), b"TFL3")
     names = {name: _text(graph.tensors[index].name) for name, index in inputs.items()}
     return Prepared(bytes(builder.Output()), names, output, None if length < 0 else length)
+
+
+def _keep_only_signature(model, signature, where) -> None:
+    """Drop every subgraph but `signature`'s (a model with length buckets has one per length), and
+    empty the buffers only the dropped ones used (indices stay valid; the shared weights stay)."""
+    index = int(signature.subgraphIndex)
+    if not 0 <= index < len(model.subgraphs):
+        raise BundleError(f"signature {SIGNATURE!r} names subgraph {index}, which does not exist", where)
+    kept = model.subgraphs[index]
+    used = {int(tensor.buffer) for tensor in kept.tensors or []}
+    dropped = {int(tensor.buffer) for i, graph in enumerate(model.subgraphs) if i != index
+               for tensor in graph.tensors or []}
+    for buffer in dropped - used - {0}:  # buffer 0 is the empty sentinel every model starts with
+        model.buffers[buffer].data = None
+    model.subgraphs, model.signatureDefs = [kept], [signature]
+    signature.subgraphIndex = 0
 
 
 def _text(value) -> str:
@@ -315,9 +331,10 @@ def _description(head: str, name: str) -> str:
 # --- bundles --------------------------------------------------------------------------------------------
 
 def what_mediapipe_sees(head: str, seq_len: int | None, file: str | None, *, metadata_bytes: int | None = None,
-                        reason: str | None = None) -> dict:
+                        reason: str | None = None, buckets: tuple[int, ...] = ()) -> dict:
     """The manifest's `mediapipe` record: which file MediaPipe loads, as which task, which output, at which
-    length (MediaPipe pads and truncates to S; a dynamic model gets each text at its own length)."""
+    length (MediaPipe pads and truncates to S; a dynamic model gets each text at its own length; a model
+    with length buckets is exported at its longest, serving_default)."""
     task, output = TASKS[head]
     record = {"task": task, "file": file, "output": output, "seq_len": seq_len or "dynamic",
               "tokenizer": TOKENIZER_NOTE}
@@ -328,6 +345,8 @@ def what_mediapipe_sees(head: str, seq_len: int | None, file: str | None, *, met
     notes = [reason] if reason else []
     if seq_len is None:
         notes.append(DYNAMIC_NOTE)
+    if buckets and not reason:
+        notes.append(f"length buckets: MediaPipe runs one subgraph; the export keeps the longest length, {seq_len}")
     if notes:
         record["note"] = "; ".join(notes)
     return record
@@ -341,21 +360,25 @@ DYNAMIC_NOTE = ("dynamic length: MediaPipe feeds each text at its own length and
 
 
 def for_convert(model_bytes: bytes, *, head: str, tokenizer, labels: list[str], lowercase: bool,
-                seq_len: int | None, name: str, log=lambda message: None) -> tuple[bytes, dict]:
+                seq_len: int | None, name: str, log=lambda message: None,
+                buckets: tuple[int, ...] = ()) -> tuple[bytes, dict]:
     """What `edgebert convert` does: a sentence-embedding model gets its metadata in model.tflite itself
     (when MediaPipe's writers are installed and the model is uncased), with the vocabulary of the bundle's
     `tokenizer`; other heads are left as they are and the record says how to export their MediaPipe
     file. Returns (the model's bytes, the manifest's `mediapipe` record)."""
     if head != "sentence-embedding":
-        return model_bytes, what_mediapipe_sees(head, seq_len, None)
+        return model_bytes, what_mediapipe_sees(head, seq_len, None, buckets=buckets)
     reason = None
-    if not lowercase:
+    if buckets:
+        reason = (f"length buckets: MediaPipe runs one subgraph, so model.tflite (one per length) carries no "
+                  f"metadata; `edgebert export-mediapipe` writes the longest, {seq_len}")
+    elif not lowercase:
         reason = "cased model: MediaPipe's BERT tokenizer lower-cases every text, so no metadata was written"
     elif not writers_available():
         reason = f"MediaPipe's metadata writers were not installed ({INSTALL_HINT}), so no metadata was written"
     if reason:
         log(f"note: {reason}")
-        return model_bytes, what_mediapipe_sees(head, seq_len, None, reason=reason)
+        return model_bytes, what_mediapipe_sees(head, seq_len, None, reason=reason, buckets=buckets)
     vocab = vocab_in_id_order(tokenizer.get_vocab(with_added_tokens=True), name)
     with_metadata = mediapipe_model(model_bytes, head=head, vocab=vocab, labels=labels, lowercase=lowercase,
                                     name=name, where=name or "model.tflite")
@@ -421,7 +444,9 @@ def _check_against_bundle(bundle, model: bytes, head: str) -> float:
     from edgebert.interpreter import TFLiteModel
     from edgebert.predict import softmax
 
-    examples = [e for e in (bundle.golden.get("examples") or []) if e.get("text_pair") is None]
+    # The MediaPipe model has the bundle's longest length only (length buckets have golden examples at each).
+    examples = [e for e in (bundle.golden.get("examples") or []) if e.get("text_pair") is None
+                and (bundle.seq_len is None or len(e.get("input_ids") or []) == bundle.seq_len)]
     if not examples:
         raise BundleError("golden.json has no single-text example to check the MediaPipe model on",
                           bundle.path / "golden.json")

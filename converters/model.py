@@ -42,21 +42,34 @@ def _activation(kind: Activation):
 
 @tf_keras.utils.register_keras_serializable("edgebert")
 class PositionEmbedding(tf_keras.layers.Layer):
-    """Adds the first S rows of the learned position table to the token embeddings."""
+    """Adds the learned position vectors of positions 0..S-1 to the token embeddings.
 
-    def __init__(self, max_positions: int, hidden: int, **kwargs):
+    At a fixed length the converter folds the first S rows into a float constant of their own. A model
+    with one signature per length (length buckets) would then carry one copy per length, so there
+    (`shared_table`) the rows are gathered by position ids computed from the input ids, which the
+    converter cannot fold: every signature reads the one table (int8 in a dynamic-int8 export, as the
+    word embeddings are)."""
+
+    def __init__(self, max_positions: int, hidden: int, shared_table: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.max_positions, self.hidden = max_positions, hidden
+        self.max_positions, self.hidden, self.shared_table = max_positions, hidden, shared_table
 
     def build(self, input_shape):
         self.table = self.add_weight("embeddings", shape=(self.max_positions, self.hidden))
 
-    def call(self, embeddings):  # (B, S, H)
-        seq_len = tf.shape(embeddings)[1]
-        return embeddings + tf.slice(self.table, [0, 0], [seq_len, self.hidden])[None]  # (B, S, H)
+    def call(self, embeddings, input_ids):  # (B, S, H), (B, S) int32
+        if not self.shared_table:
+            seq_len = tf.shape(embeddings)[1]
+            return embeddings + tf.slice(self.table, [0, 0], [seq_len, self.hidden])[None]  # (B, S, H)
+        # Ids are never negative, so this is all ones; it depends on the ids' values, which the converter
+        # cannot fold (a ones_like of a fixed shape would fold back into a constant).
+        ones = tf.cast(tf.greater_equal(input_ids, 0), tf.int32)  # (B, S)
+        positions = tf.cumsum(ones, axis=1, exclusive=True)  # (B, S): 0, 1, ..., S-1
+        return embeddings + tf.gather(self.table, positions)  # (B, S, H)
 
     def get_config(self):
-        return {**super().get_config(), "max_positions": self.max_positions, "hidden": self.hidden}
+        return {**super().get_config(), "max_positions": self.max_positions, "hidden": self.hidden,
+                "shared_table": self.shared_table}
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
@@ -116,6 +129,14 @@ class FirstToken(tf_keras.layers.Layer):
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
+class FirstRow(tf_keras.layers.Layer):
+    """The [CLS] row kept as a sequence of one, for a last layer that computes only that row."""
+
+    def call(self, sequence):  # (B, S, H)
+        return sequence[:, :1, :]  # (B, 1, H)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
 class MaskedMeanPooling(tf_keras.layers.Layer):
     """The mean of the token vectors over the real tokens (attention mask 1): padding changes nothing.
     One batched matmul of the mask's weights (1/count on real tokens, 0 on padding) with the sequence,
@@ -171,43 +192,56 @@ def _dropout(rate: float, name: str):
     return tf_keras.layers.Dropout(rate, name=name) if rate else (lambda x: x)
 
 
-def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0):
+def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0, cls_only: bool = False):
     """One transformer layer (post-LayerNorm, as in BERT). After structured pruning a layer may have
-    fewer heads (N_l, width W_l = N_l * D) and neurons (I_l) than the config's uniform shape."""
+    fewer heads (N_l, width W_l = N_l * D) and neurons (I_l) than the config's uniform shape.
+
+    `cls_only` computes the layer for the [CLS] row alone (R = 1 rows instead of S): its query,
+    attention output, LayerNorms and feed-forward; keys and values still come from every token. The
+    pooler reads nothing else, so a classifier's last layer gives the same answer for 1/S of that work."""
     p = f"layer_{index}"
     dense = tf_keras.layers.Dense
     width = config.attention_width(index)
-    query = dense(width, name=f"{p}_query")(x)  # (B, S, W_l)
+    rows = FirstRow(name=f"{p}_first_row")(x) if cls_only else x  # (B, R, H)
+    query = dense(width, name=f"{p}_query")(rows)  # (B, R, W_l)
     key = dense(width, name=f"{p}_key")(x)  # (B, S, W_l)
     value = dense(width, name=f"{p}_value")(x)  # (B, S, W_l)
     context = ScaledDotProductAttention(config.heads_in(index), dropout,
-                                        name=f"{p}_attention")(query, key, value, mask_bias)  # (B, S, W_l)
-    attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, S, H)
+                                        name=f"{p}_attention")(query, key, value, mask_bias)  # (B, R, W_l)
+    attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, R, H)
     attended = _dropout(dropout, f"{p}_attention_dropout")(attended)
-    x = _layer_norm(config, f"{p}_attention_layer_norm")(x + attended)  # (B, S, H)
+    x = _layer_norm(config, f"{p}_attention_layer_norm")(rows + attended)  # (B, R, H)
     inner = dense(config.intermediate_in(index), activation=_activation(config.activation),
-                  name=f"{p}_intermediate")(x)  # (B, S, I_l)
-    out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, S, H)
-    return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, S, H)
+                  name=f"{p}_intermediate")(x)  # (B, R, I_l)
+    out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, R, H)
+    return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, R, H)
 
 
 def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
                dropout: float = 0.0, masked_score: float = MASKED_SCORE,
-               pooling: SentencePooling | None = None) -> tf_keras.Model:
+               pooling: SentencePooling | None = None, cls_only_last_layer: bool = False,
+               shared_position_table: bool = False) -> tf_keras.Model:
     """The encoder (outputs `sequence_output`, `pooled_output`), with num_labels a classifier (output
     `logits`), or with a sentence-transformers `pooling` a sentence embedder (output
     `sentence_embedding`, no BERT pooler). seq_len None builds a model for any length up to
-    max_positions. `dropout` is for fine-tuning (BERT uses 0.1); the weights are the same without it."""
+    max_positions. `dropout` is for fine-tuning (BERT uses 0.1); the weights are the same without it.
+    `cls_only_last_layer` computes the last layer for the [CLS] row alone (see encoder_layer): for
+    models whose outputs read nothing else, a classifier or a [CLS]-pooled embedder.
+    `shared_position_table` is for exports with several lengths (see PositionEmbedding)."""
+    if cls_only_last_layer and not reads_only_cls(num_labels, pooling):
+        raise ValueError("a [CLS]-only last layer needs a model whose outputs read only [CLS]")
     inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
     words = tf_keras.layers.Embedding(config.vocab_size, config.hidden_size,
                                       name="word_embeddings")(inputs["input_ids"])  # (B, S, H)
     types = tf_keras.layers.Embedding(config.type_vocab_size, config.hidden_size,
                                       name="token_type_embeddings")(inputs["token_type_ids"])  # (B, S, H)
-    x = PositionEmbedding(config.max_positions, config.hidden_size, name="position_embeddings")(words + types)
+    x = PositionEmbedding(config.max_positions, config.hidden_size, shared_position_table,
+                          name="position_embeddings")(words + types, inputs["input_ids"])  # (B, S, H)
     x = _dropout(dropout, "embeddings_dropout")(_layer_norm(config, "embeddings_layer_norm")(x))  # (B, S, H)
     mask_bias = AttentionMaskBias(masked_score, name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
     for index in range(config.num_layers):
-        x = encoder_layer(x, mask_bias, config, index, dropout)
+        last = index == config.num_layers - 1
+        x = encoder_layer(x, mask_bias, config, index, dropout, cls_only=cls_only_last_layer and last)
     if pooling is not None:
         embedding = sentence_embedding(x, inputs["attention_mask"], pooling)  # (B, H)
         return tf_keras.Model(inputs, {"sentence_embedding": embedding}, name="bert_sentence_encoder")
@@ -218,6 +252,14 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
         logits = tf_keras.layers.Dense(num_labels, name="classifier")(pooled)  # (B, num_labels)
         return tf_keras.Model(inputs, {"logits": logits}, name="bert_classifier")
     return tf_keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name="bert_encoder")
+
+
+def reads_only_cls(num_labels: int, pooling: SentencePooling | None) -> bool:
+    """Whether the model's outputs read the last layer's [CLS] row alone: a classifier, or a sentence
+    embedder with [CLS] pooling. The encoder's sequence output and mean or max pooling read every row."""
+    if pooling is not None:
+        return pooling.mode is PoolingMode.CLS
+    return num_labels > 0
 
 
 def google_names(config: BertConfig, num_labels: int = 0, pooler: bool = True) -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ from converters.sources import Source, load_source
 from converters.validate import ExportCheck
 from edgebert import __version__, bundle, samples, tokenizer as tokenization
 from edgebert.errors import SourceError, UsageError
-from edgebert.interpreter import SIGNATURE, TFLiteModel
+from edgebert.interpreter import SIGNATURE, TFLiteModel, signature_for
 
 GOLDEN_SENTENCES, GOLDEN_PAIRS = 4, 1
 
@@ -39,9 +39,18 @@ class Head(str, Enum):
 
 
 @dataclass(frozen=True)
+class LastLayer(str, Enum):
+    AUTO = "auto"  # [CLS] only where the outputs read nothing else (a classifier, [CLS] pooling), else full
+    CLS = "cls"  # the last layer computes the [CLS] row alone (converters.model.encoder_layer)
+    FULL = "full"
+
+
+@dataclass(frozen=True)
 class ConvertOptions:
     quantize: QuantizeMode = QuantizeMode.DYNAMIC_INT8
-    seq_len: int | None = 128  # None: dynamic length
+    seq_len: int | None = 128  # None: dynamic length; with buckets, the longest (serving_default)
+    buckets: tuple[int, ...] = ()  # shorter lengths, one signature each in the same model.tflite
+    last_layer: LastLayer = LastLayer.AUTO
     head: Head = Head.AUTO
     compat: Compat | None = None
     calibration_file: Path | None = None  # int8: sentences, one per line (default: samples/)
@@ -66,18 +75,33 @@ class ConvertOptions:
     def __post_init__(self):
         object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
         object.__setattr__(self, "head", Head(self.head))
+        object.__setattr__(self, "last_layer", LastLayer(self.last_layer))
+        object.__setattr__(self, "buckets", tuple(sorted(set(self.buckets))))
         if self.seq_len is not None and not 3 <= self.seq_len:
             raise UsageError(f"--seq-len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
+        if self.buckets and self.seq_len is None:
+            raise UsageError("length buckets need fixed lengths; 'dynamic' cannot be one of them")
+        if any(not 3 <= length < self.seq_len for length in self.buckets):
+            raise UsageError(f"--seq-len lengths must be at least 3, got {', '.join(map(str, self.lengths))}")
         if self.calibration_size < 1 or self.validation_size < 1:
             raise UsageError("calibration and validation sizes must be at least 1")
         if self.eval_file is None and (self.eval_text_columns or self.eval_label_column is not None):
             raise UsageError("--eval-text-columns and --eval-label-column need --eval FILE")
         object.__setattr__(self, "layer_overrides", tuple(self.layer_overrides))
         check_budget(self.mixed_precision_budget)
+        if self.compat is not None and self.buckets:
+            raise UsageError(f"--compat {self.compat.value} takes one length: tflite-runtime 2.14 crashes on "
+                             f"Arm on the short lengths that buckets add (README: Raspberry Pi)")
         if self.layer_overrides and quantizer_precision(self.quantize, self.compat) is None:
             raise UsageError(f"per-layer overrides (recipe {self.layer_overrides[0].recipe}) need dynamic-int8 "
                              f"or dynamic-int4 without --compat; {self.quantize.value} is exported by the "
                              f"TensorFlow converter as a whole")
+
+
+    @property
+    def lengths(self) -> tuple[int | None, ...]:
+        """Every length the model is exported at, shortest first; the last is serving_default."""
+        return (*self.buckets, self.seq_len)
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,28 @@ def parse_seq_len(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise UsageError(f"--seq-len must be a number or 'dynamic', got {text!r}") from None
+        raise UsageError(f"--seq-len must be a number, comma-separated numbers or 'dynamic', got {text!r}") from None
+
+
+def parse_last_layer(text: str) -> LastLayer:
+    try:
+        return LastLayer(text)
+    except ValueError:
+        raise UsageError(f"unknown last layer {text!r} (choose from {', '.join(m.value for m in LastLayer)})") from None
+
+
+def parse_seq_lens(text: str) -> tuple[int | None, tuple[int, ...]]:
+    """`--seq-len`: one length, 'dynamic', or several (length buckets): (the longest, the shorter ones)."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) == 1:
+        return parse_seq_len(parts[0]), ()
+    lengths = [parse_seq_len(part) for part in parts]
+    if None in lengths:
+        raise UsageError("length buckets need fixed lengths; 'dynamic' cannot be one of them")
+    if len(set(lengths)) != len(lengths):
+        raise UsageError(f"--seq-len lists a length twice: {text}")
+    lengths.sort()
+    return lengths[-1], tuple(lengths[:-1])
 
 
 def bundle_tokenizer(source: Source, seq_len: int | None):
@@ -146,11 +191,51 @@ def _encode_each(tokenizer, texts: list, seq_len: int | None) -> list[dict[str, 
     return [tokenization.encode(tokenizer, [text], seq_len) for text in texts]
 
 
-def golden_examples(tflite: TFLiteModel, tokenizer, seq_len: int | None, mode: QuantizeMode) -> dict:
-    """A few texts with their ids and the exported model's own outputs, for checks on the device."""
+def _at_every_length(tokenizer, texts: list, lengths: tuple) -> tuple[list[dict], list[dict]]:
+    """Each text at each length (truncated to it), and the same ids padded to the longest: what a model
+    with length buckets runs, and what its float reference sees (padding must change nothing)."""
+    inputs = [encoded for length in lengths for encoded in _encode_each(tokenizer, texts, length)]
+    longest = lengths[-1]
+    if longest is None:
+        return inputs, inputs
+    pad = tokenizer.token_to_id("[PAD]")
+    return inputs, [_pad_to(encoded, longest, pad) for encoded in inputs]
+
+
+def _pad_to(encoded: dict[str, np.ndarray], width: int, pad_id: int) -> dict[str, np.ndarray]:
+    extra = width - encoded["input_ids"].shape[-1]
+    return {name: np.pad(value, ((0, 0), (0, extra)), constant_values=pad_id if name == "input_ids" else 0)
+            for name, value in encoded.items()}
+
+
+def _calibration(tokenizer, texts: list, lengths: tuple):
+    """int8 calibration data: input dicts, or (signature, input dict) pairs for a bucketed model, each
+    signature's activations calibrated on the texts at its own length."""
+    if len(lengths) == 1:
+        inputs = _encode_each(tokenizer, texts, lengths[0])
+        return lambda: iter(inputs)
+    pairs = [(signature_for(length, lengths[-1]), encoded) for length in lengths
+             for encoded in _encode_each(tokenizer, texts, length)]
+    return lambda: iter(pairs)
+
+
+def _cls_only_last_layer(options: ConvertOptions, num_labels: int, pooling: SentencePooling | None) -> bool:
+    from converters.model import reads_only_cls
+
+    possible = reads_only_cls(num_labels, pooling)
+    if options.last_layer is LastLayer.CLS and not possible:
+        raise UsageError("--last-layer cls needs outputs that read only [CLS] (a classifier, or a sentence "
+                         "embedding with CLS pooling); this export's "
+                         f"{'pooling reads every token' if pooling else 'sequence_output needs every row'}")
+    return possible and options.last_layer is not LastLayer.FULL
+
+
+def golden_examples(tflite: TFLiteModel, tokenizer, lengths: tuple, mode: QuantizeMode) -> dict:
+    """A few texts with their ids and the exported model's own outputs, for checks on the device: at
+    every length of a model with length buckets."""
     texts = samples.load_sentences(limit=GOLDEN_SENTENCES) + samples.load_pairs(limit=GOLDEN_PAIRS)
     examples = []
-    for text in texts:
+    for seq_len, text in ((length, text) for length in lengths for text in texts):
         encoded = tokenization.encode(tokenizer, [text], seq_len)
         outputs = tflite(**encoded)
         record = {"text": text} if isinstance(text, str) else {"text": text[0], "text_pair": text[1]}
@@ -177,7 +262,8 @@ def _tool_versions() -> dict:
             "numpy": np.__version__, "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _io_contract(seq_len: int | None, config, num_labels: int, pooling: SentencePooling | None = None) -> dict:
+def _io_contract(lengths: tuple, config, num_labels: int, pooling: SentencePooling | None = None) -> dict:
+    seq_len = lengths[-1]
     shape = [1, seq_len if seq_len else -1]
     inputs = [{"name": name, "dtype": "int32", "shape": shape}
               for name in ("input_ids", "attention_mask", "token_type_ids")]
@@ -188,7 +274,10 @@ def _io_contract(seq_len: int | None, config, num_labels: int, pooling: Sentence
     else:
         outputs = [{"name": "sequence_output", "dtype": "float32", "shape": [*shape, config.hidden_size]},
                    {"name": "pooled_output", "dtype": "float32", "shape": [1, config.hidden_size]}]
-    return {"signature": SIGNATURE, "inputs": inputs, "outputs": outputs}
+    contract = {"signature": SIGNATURE, "inputs": inputs, "outputs": outputs}
+    if len(lengths) > 1:  # a [1, S] model per length; the shapes above are the longest's
+        contract["signatures"] = {signature_for(length, seq_len): length for length in lengths}
+    return contract
 
 
 def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions(),
@@ -196,7 +285,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             fetch_progress=None) -> ConversionResult:
     """Convert a checkpoint into a validated bundle at out_dir (atomically; nothing on failure).
     `fetch_progress(done, total)` reports the download when source_path is a variant name."""
-    from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
+    from converters.model import INT8_MASKED_SCORE, MASKED_SCORE, build_bert, set_google_weights
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -204,7 +293,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     if source is None:
         log(f"reading {source_path}")
         source = load_source(source_path, options.lowercase, fetch_progress=fetch_progress)
-    config, seq_len, mode = source.config, options.seq_len, options.quantize
+    config, seq_len, mode, lengths = source.config, options.seq_len, options.quantize, options.lengths
     if seq_len is not None and seq_len > config.max_positions:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_positions} positions")
     num_labels, pooling = _resolve_head(source, options.head)
@@ -228,35 +317,40 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
 
     calibration = None
     if mode is QuantizeMode.INT8:  # read before the slow part, so a bad file fails at once
-        calibration_inputs = _encode_each(tokenizer, _texts(options.calibration_size, options.calibration_file),
-                                          seq_len)
-        calibration = lambda: iter(calibration_inputs)  # noqa: E731
+        calibration = _calibration(tokenizer, _texts(options.calibration_size, options.calibration_file), lengths)
+    cls_only = _cls_only_last_layer(options, num_labels, pooling)
 
     embedder = f", {pooling.mode.value} pooling{' + normalize' if pooling.normalize else ''}" if pooling else ""
     log(f"building the float model ({config.num_layers} layers, hidden {config.hidden_size}{embedder})")
     model = build_bert(config, seq_len, num_labels, pooling=pooling)
     unused = set_google_weights(model, config, source.weights, num_labels, str(source.path))
     exported = model
-    if mode is QuantizeMode.INT8:  # the same weights with an int8-friendly mask bias (see model.py)
-        exported = build_bert(config, seq_len, num_labels, masked_score=INT8_MASKED_SCORE, pooling=pooling)
+    # The same weights in the graph that is exported: an int8-friendly mask bias (see model.py), a [CLS]-only
+    # last layer, or any input length (each bucket's signature traces it at its own).
+    if mode is QuantizeMode.INT8 or cls_only or options.buckets:
+        exported = build_bert(config, None if options.buckets else seq_len, num_labels, pooling=pooling,
+                              cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),
+                              masked_score=INT8_MASKED_SCORE if mode is QuantizeMode.INT8 else MASKED_SCORE)
         exported.set_weights(model.get_weights())
     # The TensorFlow converter exports the mode itself, or float32 for ai-edge-quantizer (dynamic-int4,
     # per-layer overrides; converters/mixed_precision.py says which), which also steps in when an export
     # misses its thresholds and the mixed-precision search may run.
     by_converter = converter_makes_it(mode, options.compat, options.layer_overrides)
     export_mode = mode if by_converter else QuantizeMode.FLOAT32
-    log(f"exporting {export_mode.value} (seq len {seq_len or 'dynamic'})")
+    shown = ",".join(str(length) for length in lengths) if seq_len else "dynamic"
+    last = ", last layer [CLS] only" if cls_only else ""
+    log(f"exporting {export_mode.value} (seq len {shown}{last})")
     with native_output_silenced():
-        model_bytes = export_tflite(exported, seq_len, export_mode, calibration, options.compat)
+        model_bytes = export_tflite(exported, seq_len, export_mode, calibration, options.compat, options.buckets)
 
     def export_float32() -> bytes:
         with native_output_silenced():
-            return export_tflite(exported, seq_len, QuantizeMode.FLOAT32)
+            return export_tflite(exported, seq_len, QuantizeMode.FLOAT32, shorter_lengths=options.buckets)
 
-    log("validating against the float model")
-    validation_inputs = _encode_each(tokenizer, _texts(options.validation_size), seq_len)
+    log("validating against the float model" + (f" at every length" if options.buckets else ""))
+    validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
-        check = ExportCheck(model, validation_inputs, mode)
+        check = ExportCheck(model, validation_inputs, mode, references)
         quantized = finish_export(
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
             options.mixed_precision_budget, check, Path(scratch), log)
@@ -264,13 +358,16 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         # A sentence embedding carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
         model_bytes, mediapipe = mediapipe_metadata.for_convert(
             model_bytes, head="classifier" if num_labels else "sentence-embedding" if pooling else "encoder",
-            tokenizer=tokenizer, labels=labels, lowercase=source.lowercase, seq_len=seq_len, name=out_dir.name, log=log)
+            tokenizer=tokenizer, labels=labels, lowercase=source.lowercase, seq_len=seq_len, name=out_dir.name, log=log,
+            buckets=options.buckets)
         if quantized.summary:
             log(quantized.summary)
         model_path = Path(scratch) / bundle.MODEL_FILE
         model_path.write_bytes(model_bytes)
         tflite = TFLiteModel(model_path)
-        golden = golden_examples(tflite, tokenizer, seq_len, mode)
+        if options.buckets:
+            validation["lengths"] = {str(length): report for length, report in check.by_length(tflite).items()}
+        golden = golden_examples(tflite, tokenizer, lengths, mode)
         ops = tflite.op_names()
         runtime = tflite.runtime.describe()
         evaluation = None
@@ -299,10 +396,12 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "labels": labels,
         **({"sentence_embedding": pooling.to_manifest()} if pooling else {}),
         "recipe": {"name": options.recipe_name, "quantize": mode.value, "seq_len": seq_len or "dynamic",
+                   **({"seq_lens": list(lengths)} if options.buckets else {}),
+                   "last_layer": "cls" if cls_only else "full",
                    "compat": options.compat.value if options.compat else None,
                    "calibration": (str(options.calibration_file or "samples/") if mode is QuantizeMode.INT8 else None),
                    "overrides": [{"layers": o.layers, "precision": o.precision.value} for o in options.layer_overrides]},
-        "io": _io_contract(seq_len, config, num_labels, pooling),
+        "io": _io_contract(lengths, config, num_labels, pooling),
         "mediapipe": mediapipe,
         "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size,
                       "max_word_chars": source.max_word_chars},

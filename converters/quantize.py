@@ -10,7 +10,7 @@ Layers are the ops that carry weights: every FULLY_CONNECTED (a Dense layer) and
 lookup, named after the Keras layer they come from (converters/model.py), the encoder layer's index
 written as a path:
 
-    word_embeddings
+    position_embeddings  word_embeddings
     layer_0/query  layer_0/key  layer_0/value  layer_0/attention_output  layer_0/intermediate  layer_0/output
     ... one set per encoder layer ...
     pooler  classifier          (encoders and classifiers; a sentence embedder has neither)
@@ -41,6 +41,10 @@ MIN_WEIGHTS = 1024  # the TensorFlow converter's own floor for quantizing a weig
 _EMBEDDING_MIN_ROWS = 256  # a GATHER from a constant table this tall is the word-embedding lookup
 _ENCODER_LAYER = re.compile(r"layer_(\d+)_(.+)")  # a Keras layer name in the graph
 _ENCODER_PATH = re.compile(r"layer_(\d+)/(.+)")  # the same layer's name here
+# A model with length buckets has one subgraph per length, which the TensorFlow converter fills with the
+# same tensor names; AEQ wants names unique in the whole model, so prepare() prefixes each shorter
+# length's names with its signature ("seq_16:"). The recipe entries match either form.
+_BUCKET_PREFIX = re.compile(r"^seq_\d+:")
 
 
 class Precision(str, Enum):
@@ -118,7 +122,7 @@ def parse_overrides(entries, path: str | Path) -> tuple[Override, ...]:
 def expected_layer_names(num_layers: int, has_pooler: bool, has_classifier: bool) -> list[str]:
     """The layer names a model will have, known before it is built (so overrides fail at once)."""
     parts = ("query", "key", "value", "attention_output", "intermediate", "output")
-    names = ["word_embeddings"] + [f"layer_{i}/{part}" for i in range(num_layers) for part in parts]
+    names = ["position_embeddings", "word_embeddings"] + [f"layer_{i}/{part}" for i in range(num_layers) for part in parts]
     return names + ["pooler"] * has_pooler + ["classifier"] * has_classifier
 
 
@@ -163,8 +167,8 @@ def _schema():
 
 
 def _layer_name(tensor_name: str) -> str:
-    """'bert_encoder/layer_3_intermediate/Tensordot;...' -> 'layer_3/intermediate'."""
-    parts = tensor_name.split(";")[0].split("/")
+    """'bert_encoder/layer_3_intermediate/Tensordot;...' (or 'seq_16:bert_encoder/...') -> 'layer_3/intermediate'."""
+    parts = _BUCKET_PREFIX.sub("", tensor_name.split(";")[0]).split("/")
     keras = parts[1] if len(parts) > 1 else parts[0]
     match = _ENCODER_LAYER.fullmatch(keras)
     return f"layer_{match.group(1)}/{match.group(2)}" if match else keras
@@ -178,12 +182,34 @@ def _dtype(schema, tensor_type: int) -> str:
 
 def find_layers(model_bytes: bytes) -> list[Layer]:
     """The weight-carrying ops of a `.tflite`, in graph order, with their weights' type (followed through
-    a DEQUANTIZE, as float16 exports store them). Works on float and quantized models alike."""
+    a DEQUANTIZE, as float16 exports store them). Works on float and quantized models alike. A model
+    with length buckets shares its weights between its subgraphs: each layer is listed once."""
+    layers, seen = [], set()
+    for layer in _weight_ops(model_bytes):
+        if layer.name not in seen:
+            seen.add(layer.name)
+            layers.append(layer)
+    return layers
+
+
+def _scopes(model_bytes: bytes) -> dict[str, list[str]]:
+    """Each layer's scope in every subgraph: the converter numbers the names of a bucketed model's
+    later subgraphs (".../MatMul1"), so one layer has one scope per length."""
+    scopes: dict[str, list[str]] = {}
+    for layer in _weight_ops(model_bytes):
+        scopes.setdefault(layer.name, []).append(layer.scope)
+    return scopes
+
+
+def _weight_ops(model_bytes: bytes) -> list[Layer]:
+    """Every weight-carrying op of every subgraph (see find_layers)."""
     schema, fb = _schema()
     model = fb.read_model_from_bytearray(bytearray(model_bytes))
     ops = schema.BuiltinOperator
     layers = []
-    for graph in model.subgraphs:
+    serving = _serving_subgraph(model)  # first: the other lengths' names may have been dropped
+    order = [serving] + [i for i in range(len(model.subgraphs)) if i != serving]
+    for graph in (model.subgraphs[i] for i in order):
         producers = {out: op for op in graph.operators for out in op.outputs}
         for op in graph.operators:
             code = fb.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
@@ -201,6 +227,8 @@ def find_layers(model_bytes: bytes) -> list[Layer]:
             if code == ops.GATHER and tensor.shape[0] < _EMBEDDING_MIN_ROWS:
                 continue  # the token-type table (2 rows): tiny, left to the converter
             names = [graph.tensors[i].name.decode() for i in op.outputs]
+            if not names[0]:
+                continue  # a shorter length's copy of a layer, its names dropped (_share_identical_buffers)
             op_name = {ops.FULLY_CONNECTED: "FULLY_CONNECTED", ops.EMBEDDING_LOOKUP: "EMBEDDING_LOOKUP"}.get(
                 code, "GATHER")
             dtype = _dtype(schema, tensor.type)
@@ -222,6 +250,7 @@ def prepare(float_model: bytes) -> bytes:
     schema, fb = _schema()
     model = fb.read_model_from_bytearray(bytearray(float_model))
     ops = schema.BuiltinOperator
+    _prefix_bucket_names(model)
     for graph in model.subgraphs:
         rewritten = []
         for op in graph.operators:
@@ -234,6 +263,19 @@ def prepare(float_model: bytes) -> bytes:
             rewritten.extend(_embedding_lookup(model, graph, op, schema, fb))
         graph.operators = rewritten
     return _serialize(model, fb)
+
+
+def _prefix_bucket_names(model) -> None:
+    """Prefix the tensor names of every subgraph but serving_default's with its signature (see
+    _BUCKET_PREFIX); a model with one subgraph is left as it is."""
+    if len(model.subgraphs) < 2:
+        return
+    for signature in model.signatureDefs or []:
+        key = signature.signatureKey.decode() if isinstance(signature.signatureKey, bytes) else signature.signatureKey
+        if key == "serving_default":
+            continue
+        for tensor in model.subgraphs[signature.subgraphIndex].tensors:
+            tensor.name = f"{key}:".encode() + tensor.name
 
 
 def _serialize(model, fb) -> bytes:
@@ -297,6 +339,49 @@ def _operator(schema, opcode: int, inputs: list[int], outputs: list[int]):
     return op
 
 
+def _share_identical_buffers(model_bytes: bytes) -> bytes:
+    """One buffer for each distinct constant. AEQ quantizes a weight once per subgraph that uses it, so
+    a model with length buckets would carry one quantized copy per length; the copies are byte for byte
+    the same, so every tensor is pointed at the first and the others are emptied (indices stay valid).
+    The shorter lengths' tensor names go too (their signatures name their inputs and outputs): with
+    int4 weights the names and per-channel scales of each extra subgraph are a visible share of the
+    bytes, and serving_default's names are the ones find_layers reads."""
+    import hashlib
+
+    schema, fb = _schema()
+    model = fb.read_model_from_bytearray(bytearray(model_bytes))
+    if len(model.subgraphs) < 2:
+        return model_bytes
+    first: dict[bytes, int] = {}
+    moved: dict[int, int] = {}
+    for index, buffer in enumerate(model.buffers):
+        if buffer.data is None or len(buffer.data) < MIN_WEIGHTS:
+            continue
+        digest = hashlib.sha256(memoryview(np.ascontiguousarray(buffer.data, dtype=np.uint8))).digest()
+        if digest in first:
+            moved[index] = first[digest]
+        else:
+            first[digest] = index
+    serving = _serving_subgraph(model)
+    for index, graph in enumerate(model.subgraphs):
+        for tensor in graph.tensors:
+            tensor.buffer = moved.get(tensor.buffer, tensor.buffer)
+            if index != serving:
+                tensor.name = b""
+    for index in moved:
+        model.buffers[index].data = None
+    return _serialize(model, fb)
+
+
+def _serving_subgraph(model) -> int:
+    """The index of serving_default's subgraph (the first when there is no such signature)."""
+    for signature in model.signatureDefs or []:
+        key = signature.signatureKey
+        if (key.decode() if isinstance(key, bytes) else key) == "serving_default":
+            return int(signature.subgraphIndex)
+    return 0
+
+
 def _mark_per_channel_hybrid(model_bytes: bytes) -> bytes:
     """Give AEQ's int8/int4-weight FULLY_CONNECTED ops what the TensorFlow converter gives its own:
     version 12 and asymmetric run-time quantization of the inputs.
@@ -329,21 +414,23 @@ def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision]) -
     if not todo:
         return prepared
     engine = quantizer.Quantizer(bytearray(prepared))
+    scopes = _scopes(prepared)
     for layer in todo:
         int4 = plan[layer.name] is Precision.INT4
         embedding = layer.op == "EMBEDDING_LOOKUP"
         granularity = (qtyping.QuantGranularity.BLOCKWISE_32 if int4 and embedding
                        else qtyping.QuantGranularity.CHANNELWISE)
         algorithm = (AlgorithmName.OCTAV if int4 and not embedding else AlgorithmName.MIN_MAX_UNIFORM_QUANT)
-        engine.add_dynamic_config("^" + re.escape(layer.scope) + "$", qtyping.TFLOperationName(layer.op),
-                                  4 if int4 else 8, granularity=granularity, algorithm_key=algorithm)
+        for scope in scopes.get(layer.name, [layer.scope]):
+            engine.add_dynamic_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName(layer.op),
+                                      4 if int4 else 8, granularity=granularity, algorithm_key=algorithm)
     try:
         with native_output_silenced():  # AEQ's progress bars and absl warnings
             result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
     except Exception as error:  # AEQ raises ValueError, RuntimeError, KeyError...: all mean "could not"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"ai-edge-quantizer failed: {first}") from error
-    return _mark_per_channel_hybrid(bytes(result.quantized_model))
+    return _share_identical_buffers(_mark_per_channel_hybrid(bytes(result.quantized_model)))
 
 
 def quantizer_version() -> str:

@@ -12,7 +12,8 @@ followed by the export:
     heads = 0.5
     [[steps]]
     kind = "trim-vocab"      # max_tokens, min_count, keep_characters, keep_predictions
-    [convert]                # ConvertOptions: quantize, seq_len, compat, mixed_precision, mixed_precision_budget
+    [convert]                # ConvertOptions: quantize, seq_len (one, or a list: length buckets), compat,
+                             # last_layer, mixed_precision, mixed_precision_budget
     quantize = "dynamic-int8"
     [[convert.overrides]]    # per-layer precision (dynamic-int8 / dynamic-int4; converters/quantize.py)
     layers = "layer_[0-2]/output"   # a regular expression matching whole layer names
@@ -46,7 +47,8 @@ _PRUNE_KEYS = {"heads": "heads_fraction", "ffn": "ffn_fraction", "drop_layers": 
                "examples": "max_examples"}
 _TRIM_KEYS = {"max_tokens": "max_tokens", "min_count": "keep_min_count", "keep_characters": "keep_characters",
               "keep_predictions": "keep_predictions"}
-_CONVERT_KEYS = ("quantize", "seq_len", "compat", "mixed_precision", "mixed_precision_budget", "overrides")
+_CONVERT_KEYS = ("quantize", "seq_len", "compat", "mixed_precision", "mixed_precision_budget", "overrides",
+                 "last_layer")
 
 
 @dataclass(frozen=True)
@@ -156,16 +158,20 @@ def convert_options(recipe: Recipe, chosen: dict, **extra):
     seq_len, compat, mixed_precision and mixed_precision_budget (None where not given): given ones win
     over the recipe's. `extra` goes to ConvertOptions as it is (force, labels, eval_file, ...)."""
     from converters.export import Compat, QuantizeMode
-    from converters.pipeline import ConvertOptions, parse_seq_len
+    from converters.pipeline import ConvertOptions, parse_last_layer, parse_seq_lens
     from converters.quantize import parse_overrides
 
     values = {**recipe.convert, **{k: v for k, v in chosen.items() if v is not None}}
     if "quantize" in values:
         extra["quantize"] = QuantizeMode.parse(str(values["quantize"]))
-    if "seq_len" in values:
-        extra["seq_len"] = parse_seq_len(str(values["seq_len"]))
+    if "seq_len" in values:  # 128, "dynamic", "16,32,64,128" or [16, 32, 64, 128] (length buckets)
+        given = values["seq_len"]
+        extra["seq_len"], extra["buckets"] = parse_seq_lens(
+            ",".join(map(str, given)) if isinstance(given, list) else str(given))
     if "compat" in values:
         extra["compat"] = Compat.parse(values["compat"])
+    if "last_layer" in values:
+        extra["last_layer"] = parse_last_layer(str(values["last_layer"]))
     if "mixed_precision" in values:
         if not isinstance(values["mixed_precision"], bool):
             raise UsageError(f"mixed_precision must be true or false, got {values['mixed_precision']!r}")

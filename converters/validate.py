@@ -117,17 +117,32 @@ def _ratio(error: float, allowed: float) -> float:
 
 class ExportCheck:
     """Validation of one or many candidate exports of the same float model on the same inputs: the
-    float model's outputs are computed once (the mixed-precision search validates dozens of mixes)."""
+    float model's outputs are computed once (the mixed-precision search validates dozens of mixes).
 
-    def __init__(self, keras_model, inputs: list[dict[str, np.ndarray]], mode: QuantizeMode):
+    `references` (one per input) is what the float model sees instead of the input itself: a model
+    with length buckets is checked at each of its lengths against the float model at the longest,
+    the same ids padded further, so padding is shown to change nothing beyond the mode's thresholds."""
+
+    def __init__(self, keras_model, inputs: list[dict[str, np.ndarray]], mode: QuantizeMode,
+                 references: list[dict[str, np.ndarray]] | None = None):
         self.inputs, self.mode = inputs, mode
-        self.expected = [{name: value.numpy() for name, value in keras_model(example, training=False).items()}
-                         for example in inputs]
+        self.expected = [{name: _first_rows(value.numpy(), example["input_ids"].shape[-1])
+                          for name, value in keras_model(reference, training=False).items()}
+                         for example, reference in zip(inputs, references or inputs)]
 
     def measure(self, tflite) -> dict[str, dict]:
         """The merged report of `tflite` (anything called like edgebert.interpreter.TFLiteModel)."""
-        return _merge_reports([compare_outputs(expected, tflite(**example), example["attention_mask"])
-                               for expected, example in zip(self.expected, self.inputs)])
+        return _merge_reports(self._reports(tflite, range(len(self.inputs))))
+
+    def by_length(self, tflite) -> dict[int, dict[str, dict]]:
+        """The report of each input length apart (each signature of a model with length buckets)."""
+        widths = [example["input_ids"].shape[-1] for example in self.inputs]
+        return {width: _merge_reports(self._reports(tflite, [i for i, w in enumerate(widths) if w == width]))
+                for width in sorted(set(widths))}
+
+    def _reports(self, tflite, indices) -> list[dict]:
+        return [compare_outputs(self.expected[i], tflite(**self.inputs[i]), self.inputs[i]["attention_mask"])
+                for i in indices]
 
     def passes(self, report: dict[str, dict]) -> bool:
         try:
@@ -140,6 +155,11 @@ class ExportCheck:
         """The manifest's "validation" entry; raises ValidationError on the first miss."""
         return {"examples": len(self.inputs), "outputs": report, "thresholds": check_thresholds(report, self.mode),
                 "passed": True}
+
+
+def _first_rows(value: np.ndarray, width: int) -> np.ndarray:
+    """A sequence output [1, S, H] of the float model at a longer length, cut to the input's S rows."""
+    return value[:, :width] if value.ndim == 3 else value
 
 
 def validate_export(keras_model, tflite, inputs: list[dict[str, np.ndarray]], mode: QuantizeMode) -> dict:

@@ -32,8 +32,14 @@ What is measured, in order, in one process:
    itself after the first call: XNNPACK replaces each run of nodes it accepts by a DELEGATE node
    (`TFLiteModel.delegate_partitions`, also reported as `xnnpack_partitions`). With `xnnpack=False` the
    interpreter uses the builtin op resolver without default delegates and this is False.
-7. peak RSS (VmHWM) and its growth over the baseline.
-8. with `soak=N`, after all of the above: N more calls on the SAME model (real text, cycled), with RSS
+7. peak RSS (VmHWM) and its growth over the baseline; and, after the timed runs, the growth of anonymous
+   memory (RssAnon: the heap, XNNPACK's packed weights included, which a phone cannot reclaim) apart
+   from file-backed pages (RssFile: the mapped model, which the kernel may drop and read again).
+8. with `per_text=True`: every text of the inputs is timed PER_TEXT_PASSES times, each at the length it
+   gets (its own bucket in a model with length buckets, its own length in a dynamic model, S otherwise);
+   a text's latency is the median of its passes, and `per_text` gives the mean, p50 and p90 over the
+   texts with the mean tokens and how many texts each length took: what a stream of real text costs.
+9. with `soak=N`, after all of the above: N more calls on the SAME model (real text, cycled), with RSS
    sampled about every N/200 calls (`SOAK_SAMPLES`): VmRSS, and from Linux's /proc/self/status RssAnon
    (the heap: what a leak grows) and RssFile (mapped files, which the page cache decides). The first 10 %
    of the calls settle caches and allocator pools; `soak.growth_mb` is each figure's change over the last
@@ -56,18 +62,19 @@ from edgebert.errors import BundleError, EdgebertError, UsageError
 from edgebert.results import BENCH_SCHEMA, check_result
 
 DEFAULTS = {"threads": 1, "runs": 50, "warmup": 5, "seq_len": None, "xnnpack": True, "runtime": "auto",
-            "inputs_file": None, "weight_cache": None, "soak": None}
+            "inputs_file": None, "weight_cache": None, "soak": None, "per_text": False}
 OVERHEAD_PAIRS = 20
 MB = 1e6
 SOAK_SAMPLES = 200  # RSS samples over a soak (about one every N/200 calls)
 SOAK_SETTLE = 0.1  # the share of a soak's calls before the reference sample
+PER_TEXT_PASSES = 3  # timings of each text in per-text mode; its latency is their median
 _RUNTIME_CHOICES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 
 
 # --- options and bundles, checked before anything is measured -------------------------------------------
 
 def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, runtime="auto",
-                  inputs_file=None, weight_cache=None, soak=None) -> dict:
+                  inputs_file=None, weight_cache=None, soak=None, per_text=False) -> dict:
     """The options as a plain dict, or a one-line UsageError for a value that cannot work."""
     def integer(name, value, least):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -87,7 +94,8 @@ def check_options(*, threads=1, runs=50, warmup=5, seq_len=None, xnnpack=True, r
         raise UsageError(f"--weight-cache must be a directory: {weight_cache} is a file")
     return {"threads": threads, "runs": runs, "warmup": warmup, "seq_len": seq_len, "xnnpack": bool(xnnpack),
             "runtime": runtime, "inputs_file": None if inputs_file is None else os.fspath(inputs_file),
-            "weight_cache": None if weight_cache is None else os.fspath(weight_cache), "soak": soak}
+            "weight_cache": None if weight_cache is None else os.fspath(weight_cache), "soak": soak,
+            "per_text": bool(per_text)}
 
 
 def weight_cache_file(cache_dir, bundle) -> Path:
@@ -207,6 +215,17 @@ class _Memory:
         self.proc = _proc_status_kb("VmRSS") is not None
         self.reset = self.proc and _reset_peak()
         self.baseline = self.current()
+        self.baseline_kinds = _proc_status_fields(("RssAnon", "RssFile"))
+
+    def growth_by_kind(self) -> dict:
+        """Anonymous memory (the heap: what the interpreter allocates, packed weights included; a phone
+        cannot reclaim it) and file-backed pages (the mapped model, which the kernel can drop and read
+        again), each now against the baseline, in MB; None without /proc."""
+        now = _proc_status_fields(("RssAnon", "RssFile"))
+        if now is None or self.baseline_kinds is None:
+            return {"anon_growth_mb": None, "file_growth_mb": None}
+        return {"anon_growth_mb": _round((now["RssAnon"] - self.baseline_kinds["RssAnon"]) * 1024 / MB, 2),
+                "file_growth_mb": _round((now["RssFile"] - self.baseline_kinds["RssFile"]) * 1024 / MB, 2)}
 
     def current(self) -> float | None:
         kb = _proc_status_kb("VmRSS") if self.proc else None
@@ -249,19 +268,21 @@ def latency_stats(timings_ms) -> dict:
             "max": _round(values.max())}
 
 
-def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int):
-    """One feed dict per sentence (int32 [1, S] each), the tokenizer's median time per text, mean tokens."""
+def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int | None):
+    """One feed dict per sentence (int32 [1, S] each: S is the bundle's length, or the shortest of its
+    length buckets that holds the sentence), the tokenizer's median time per text, mean tokens."""
     import numpy as np
 
     from edgebert import tokenizer as tokenization
     from edgebert.samples import load_sentences
 
     tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
-    sentences = load_sentences(inputs_file, limit=max(1, count))
+    sentences = load_sentences(inputs_file, limit=None if count is None else max(1, count))
+    buckets = bundle.seq_lens if seq_len == bundle.seq_len else ()
     feeds, took, tokens = [], [], []
     for sentence in sentences:
         start = time.perf_counter_ns()
-        encoded = tokenization.encode(tokenizer, [sentence], seq_len)
+        encoded = tokenization.encode(tokenizer, [sentence], seq_len, buckets=buckets)
         took.append(time.perf_counter_ns() - start)
         feeds.append({name: np.ascontiguousarray(value) for name, value in encoded.items()})
         tokens.append(int(encoded["attention_mask"].sum()))
@@ -270,7 +291,7 @@ def _prepare_inputs(bundle, seq_len: int | None, inputs_file, count: int):
 
 def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 5, seq_len: int | None = None,
                  xnnpack: bool = True, runtime: str = "auto", inputs_file=None, weight_cache=None,
-                 soak: int | None = None) -> dict:
+                 soak: int | None = None, per_text: bool = False) -> dict:
     """Measure one bundle in this process; return one result (see the module docstring and edgebert.results)."""
     import numpy as np
 
@@ -278,7 +299,8 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
     from edgebert.interpreter import TFLiteModel, find_runtime
 
     options = check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=xnnpack,
-                            runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
+                            runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak,
+                            per_text=per_text)
     before_runtime = _Memory().current()
     found = find_runtime(runtime)  # imported before the baseline: its cost is reported on its own
     memory = _Memory()
@@ -317,12 +339,19 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
 
     overhead_ms, invoke_ms = _python_overhead(model, order[1:], min(runs, OVERHEAD_PAIRS))
     peak = memory.peak()
+    by_kind = memory.growth_by_kind()  # after the timed runs, before per-text and soak calls add theirs
+    texts = None
+    if per_text:  # every text of the file, not only the first runs + warmup + 1 of them
+        every_text = _prepare_inputs(bundle, length, inputs_file, None)[0]
+        texts = per_text_latency(model, every_text, PER_TEXT_PASSES)
     soaked = None if soak is None else run_soak(model, feeds, soak)
     mean = latency["mean"]
     result = {
         "bundle": facts,
         "settings": {"threads": threads, "runs": runs, "warmup": warmup, "xnnpack": bool(xnnpack),
                      "seq_len": length if length is not None else "dynamic",
+                     **({"seq_lens": list(bundle.seq_lens)} if length == bundle.seq_len and
+                        len(bundle.seq_lens) > 1 else {}),
                      "inputs": options["inputs_file"] or "samples/sentences.txt",
                      "distinct_inputs": len(feeds), "tokens_mean": _round(tokens_mean, 2),
                      "weight_cache": (None if cache is None else
@@ -343,13 +372,35 @@ def bench_bundle(bundle_dir, *, threads: int = 1, runs: int = 50, warmup: int = 
                    "growth_mb": _round(None if peak is None or memory.baseline is None else peak - memory.baseline, 2),
                    "runtime_import_mb": _round(None if before_runtime is None or memory.baseline is None
                                                else memory.baseline - before_runtime, 2),
+                   **by_kind,
                    "method": memory.method()},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pid": os.getpid(),
         "tensorflow_imported": tensorflow_imported(),
+        **({"per_text": texts} if texts is not None else {}),
         **({"soak": soaked} if soaked is not None else {}),
     }
     return check_result(result)
+
+
+def per_text_latency(model, feeds: list, passes: int) -> dict:
+    """Each feed timed `passes` times, pass after pass over all of them; a text's latency is the median
+    of its passes (module docstring, step 8)."""
+    import numpy as np
+
+    timings = np.empty((passes, len(feeds)), dtype=np.int64)
+    for repeat in range(passes):
+        for index, feed in enumerate(feeds):
+            start = time.perf_counter_ns()
+            model(**feed)
+            timings[repeat, index] = time.perf_counter_ns() - start
+    per_text = np.median(timings, axis=0) / 1e6
+    p50, p90 = np.percentile(per_text, [50, 90])
+    widths = [int(feed["input_ids"].shape[-1]) for feed in feeds]
+    return {"texts": len(feeds), "passes": passes,
+            "tokens_mean": _round(np.mean([int(feed["attention_mask"].sum()) for feed in feeds]), 2),
+            "lengths": {str(width): widths.count(width) for width in sorted(set(widths))},
+            "latency_ms": {"mean": _round(per_text.mean()), "p50": _round(p50), "p90": _round(p90)}}
 
 
 # --- the soak: many calls on one model, memory sampled along the way -------------------------------------
@@ -422,10 +473,10 @@ def _python_overhead(model, feeds: list, pairs: int) -> tuple[float, float]:
     """(median of [full call - bare invoke] per pair, median bare invoke), in ms; see the module docstring."""
     import numpy as np
 
-    invoke = _bare_invoke(model)
     calls, invokes = np.empty(pairs, np.int64), np.empty(pairs, np.int64)
     for index in range(pairs):
         feed = feeds[index % len(feeds)]
+        invoke = _bare_invoke(model, feed)
         start = time.perf_counter_ns()
         model(**feed)
         calls[index] = time.perf_counter_ns() - start
@@ -435,12 +486,12 @@ def _python_overhead(model, feeds: list, pairs: int) -> tuple[float, float]:
     return max(0.0, _ms(np.median(calls - invokes))), _ms(np.median(invokes))
 
 
-def _bare_invoke(model) -> Callable[[], None]:
-    """The native Invoke of the signature's subgraph, as the signature runner itself calls it.
+def _bare_invoke(model, feed: dict) -> Callable[[], None]:
+    """The native Invoke of the subgraph of the signature `feed` goes to, as its runner calls it.
 
     (`Interpreter.invoke()` refuses to run while a signature runner holds the native wrapper: its
     reference-count safety check counts the runner's reference as an outstanding numpy buffer.)"""
-    runner = model._runner
+    runner = model.runner_for(feed)
     if hasattr(runner, "bare_invoke"):  # CompiledModel with the weight cache
         return runner.bare_invoke
     wrapper = getattr(runner, "_interpreter_wrapper", None) or model.interpreter._interpreter
@@ -527,6 +578,7 @@ def bench_many(bundle_dirs, *, progress: Callable[[int, int, str | None], None] 
 
     Every bundle and option is checked first, so a bad one fails before anything is measured.
     `progress(done, total, name)` is called before each bundle and once at the end (name None)."""
+    from edgebert import cpu_features  # the features that pick XNNPACK's int8 kernels, and their family
     from edgebert.device_info import device_facts
 
     options = check_options(**{**DEFAULTS, **options})
@@ -542,13 +594,13 @@ def bench_many(bundle_dirs, *, progress: Callable[[int, int, str | None], None] 
         results.append(bench_in_fresh_process(path, timeout=timeout, python=python, **options))
     if progress:
         progress(len(bundle_dirs), len(bundle_dirs), None)
-    return {"schema": BENCH_SCHEMA, "device": device_facts(), "results": results}
+    return {"schema": BENCH_SCHEMA, "device": {**device_facts(), **cpu_features.device_facts()}, "results": results}
 
 
 # --- the table ------------------------------------------------------------------------------------------
 
 _COLUMNS = ("bundle", "mode", "seq", "thr", "MB", "load ms", "p50 ms", "p90 ms", "p99 ms", "inf/s", "peak MB",
-            "growth MB", "xnnpack", "runtime")
+            "growth MB", "anon MB", "xnnpack", "runtime")
 
 
 def _fmt(value, spec: str) -> str:
@@ -567,17 +619,19 @@ def format_table(results_file: dict) -> str:
             continue
         memory, latency, settings = result["memory"], result["latency_ms"], result["settings"]
         applied = result.get("xnnpack_applied")
-        rows.append((bundle.get("name", "?"), str(bundle.get("quantize", "?")), str(settings.get("seq_len")),
+        seq = ",".join(map(str, settings["seq_lens"])) if settings.get("seq_lens") else str(settings.get("seq_len"))
+        rows.append((bundle.get("name", "?"), str(bundle.get("quantize", "?")), seq,
                      str(settings.get("threads")), _fmt(bundle.get("model_bytes", 0) / MB, ".1f"),
                      _fmt(result["load_ms"], ".1f"), _fmt(latency["p50"], ".2f"), _fmt(latency["p90"], ".2f"),
                      _fmt(latency["p99"], ".2f"), _fmt(result["throughput_per_s"], ".1f"),
                      _fmt(memory.get("peak_rss_mb"), ".1f"), _fmt(memory.get("growth_mb"), ".1f"),
+                     _fmt(memory.get("anon_growth_mb"), ".1f"),
                      "-" if applied is None else ("yes" if applied else "no"),
                      f"{result['runtime']['name']} {result['runtime']['version']}"))
     full = [row for row in rows if len(row) == len(_COLUMNS)]
     widths = [max([len(_COLUMNS[i])] + [len(row[i]) for row in full]) for i in range(len(_COLUMNS))]
     widths[0] = max([widths[0]] + [len(row[0]) for row in rows])
-    left = {0, 1, 12, 13}
+    left = {0, 1, 13, 14}
 
     def line(cells):
         return "  ".join(cell.ljust(widths[i]) if i in left else cell.rjust(widths[i])
@@ -590,12 +644,26 @@ def format_table(results_file: dict) -> str:
         lines.append("")
     for result in soaked:
         lines.append(describe_soak(result["bundle"].get("name", "?"), result["soak"]))
+    per_text = [result for result in results_file.get("results", []) if result.get("per_text")]
+    if per_text:
+        lines.append("")
+    for result in per_text:
+        lines.append(describe_per_text(result["bundle"].get("name", "?"), result["per_text"]))
     device = results_file.get("device") or {}
     if device:
         lines.append("")
         lines.append(f"device: {device.get('cpu_model', 'unknown')}, {device.get('cores', '?')} cores, "
                      f"{device.get('system', '?')} {device.get('machine', '?')}, Python {device.get('python', '?')}")
     return "\n".join(lines)
+
+
+def describe_per_text(name: str, texts: dict) -> str:
+    """One line: the latency per text of real text, each at the length it gets."""
+    latency = texts["latency_ms"]
+    lengths = ", ".join(f"{count} at {length}" for length, count in texts["lengths"].items())
+    return (f"per text {name}: {texts['texts']:,} texts ({_fmt(texts['tokens_mean'], '.1f')} tokens on average; "
+            f"{lengths}): mean {_fmt(latency['mean'], '.3f')} ms, p50 {_fmt(latency['p50'], '.3f')}, "
+            f"p90 {_fmt(latency['p90'], '.3f')}")
 
 
 def describe_soak(name: str, soak: dict) -> str:

@@ -245,6 +245,13 @@ class Bundle:
         return None if value == "dynamic" else int(value)
 
     @property
+    def seq_lens(self) -> tuple[int, ...]:
+        """Every length the model has a signature for, shortest first (length buckets); () when dynamic."""
+        if self.seq_len is None:
+            return ()
+        return tuple(self.manifest["recipe"].get("seq_lens") or (self.seq_len,))
+
+    @property
     def output_names(self) -> list[str]:
         return [output["name"] for output in self.manifest["io"]["outputs"]]
 
@@ -295,6 +302,11 @@ def check_manifest(manifest: dict, path: Path) -> None:
     seq_len = manifest["recipe"].get("seq_len")
     if not (seq_len == "dynamic" or (type(seq_len) is int and 0 < seq_len <= 1 << 16)):
         fail("recipe.seq_len", f"is {seq_len!r} (expected a length or 'dynamic')")
+    seq_lens = manifest["recipe"].get("seq_lens")
+    if seq_lens is not None and not (
+            isinstance(seq_lens, list) and seq_lens and all(type(v) is int and 0 < v for v in seq_lens)
+            and seq_lens == sorted(set(seq_lens)) and seq_lens[-1] == seq_len):
+        fail("recipe.seq_lens", f"is {seq_lens!r} (expected increasing lengths ending at seq_len {seq_len!r})")
     outputs = manifest["io"].get("outputs")
     if not (isinstance(outputs, list) and outputs and all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                                             for o in outputs)):

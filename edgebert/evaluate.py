@@ -92,7 +92,8 @@ def _check_limit(limit) -> None:
 def evaluate_model(model_path: str | os.PathLike, tokenizer_path: str | os.PathLike, seq_len: int | None,
                    task_data: TaskData, *, num_labels: int, limit: int | None = None,
                    progress: Callable[[int, int], None] | None = None, num_threads: int | None = None) -> dict:
-    """Run a classifier .tflite on the task's examples (see the module docstring for the result)."""
+    """Run a classifier .tflite on the task's examples (see the module docstring for the result); a
+    model with length buckets runs each text at the shortest of its lengths that holds it."""
     _check_limit(limit)
     check_task_fits(task_data, num_labels, model_path)
     tokenizer = tokenization.load_tokenizer(tokenizer_path)
@@ -101,7 +102,7 @@ def evaluate_model(model_path: str | os.PathLike, tokenizer_path: str | os.PathL
     total, step = len(texts), max(1, len(texts) // 100)
     predictions = []
     for done, text in enumerate(texts, start=1):
-        outputs = model(**tokenization.encode(tokenizer, [text], seq_len))
+        outputs = model(**tokenization.encode(tokenizer, [text], seq_len, buckets=model.lengths))
         if "logits" not in outputs:
             raise BundleError(f"classifier model has no 'logits' output (has {sorted(outputs)})", model_path)
         logits = np.asarray(outputs["logits"]).reshape(-1)

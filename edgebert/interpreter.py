@@ -16,6 +16,13 @@ from edgebert.errors import BundleError, RuntimeNotAvailableError, UsageError
 from edgebert.quiet import native_output_silenced
 
 SIGNATURE = "serving_default"
+
+
+def signature_for(length: int | None, longest: int | None) -> str:
+    """The signature of one length in a model with length buckets: the longest is `serving_default`
+    (what a runner that knows nothing of buckets calls), each shorter one `seq_<length>`."""
+    return SIGNATURE if length == longest else f"seq_{length}"
+
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 _MODULES = {"ai-edge-litert": ("ai_edge_litert.interpreter", "ai_edge_litert"),
             "tflite-runtime": ("tflite_runtime.interpreter", "tflite_runtime"),
@@ -54,7 +61,8 @@ class _CachedWeightsRunner:
     """LiteRT's CompiledModel with XNNPACK's weight cache: the weights XNNPACK packs at load time go to
     a file once and are memory-mapped from it afterwards. The classic Interpreter packs them into
     anonymous memory beside the mapped model, so a model costs about twice its bytes in RSS; with the
-    cache it costs about its bytes, and a warm load skips the packing. Called like a signature runner."""
+    cache it costs about its bytes, and a warm load skips the packing. `runner(signature)` gives a
+    callable like a signature runner, with its own input and output buffers."""
 
     def __init__(self, model_path: Path, cache_file: Path, num_threads: int | None):
         from ai_edge_litert.compiled_model import CompiledModel
@@ -66,27 +74,42 @@ class _CachedWeightsRunner:
         self.model = CompiledModel.from_file(str(model_path), options=Options(
             hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
         self.signatures = self.model.get_signature_list()
+
+    def runner(self, signature: str) -> "_CachedSignature":
+        return _CachedSignature(self.model, signature)
+
+
+class _CachedSignature:
+    """One signature of a CompiledModel, called like a signature runner; its buffers are made again
+    only when the input shape changes (a dynamic-length model)."""
+
+    def __init__(self, model, signature: str):
+        self.model, self.signature = model, signature
         self._buffers_for(None)
 
     def _buffers_for(self, shapes: dict | None):
+        model, signature = self.model, self.signature
         if shapes:
             for name, shape in shapes.items():
-                self.model.resize_input_tensor_by_name(SIGNATURE, name, list(shape))
-        self.shapes = {n: tuple(d["shape"]) for n, d in self.model.get_input_tensor_details(SIGNATURE).items()}
-        self.outputs = {n: tuple(d["shape"]) for n, d in self.model.get_output_tensor_details(SIGNATURE).items()}
-        self.inputs = {n: self.model.create_input_buffer_by_name(SIGNATURE, n) for n in self.shapes}
-        self.results = {n: self.model.create_output_buffer_by_name(SIGNATURE, n) for n in self.outputs}
+                model.resize_input_tensor_by_name(signature, name, list(shape))
+        self.shapes = {n: tuple(d["shape"]) for n, d in model.get_input_tensor_details(signature).items()}
+        self.outputs = {n: tuple(d["shape"]) for n, d in model.get_output_tensor_details(signature).items()}
+        self.inputs = {n: model.create_input_buffer_by_name(signature, n) for n in self.shapes}
+        self.results = {n: model.create_output_buffer_by_name(signature, n) for n in self.outputs}
+
+    def get_input_details(self) -> dict:
+        return {name: {"shape": np.asarray(shape)} for name, shape in self.shapes.items()}
 
     def bare_invoke(self) -> None:
         """Run on the inputs already written (for the benchmark's Python-overhead figure)."""
-        self.model.run_by_name(SIGNATURE, self.inputs, self.results)
+        self.model.run_by_name(self.signature, self.inputs, self.results)
 
     def __call__(self, **feed: np.ndarray) -> dict[str, np.ndarray]:
         if any(tuple(feed[name].shape) != shape for name, shape in self.shapes.items()):
             self._buffers_for({name: value.shape for name, value in feed.items()})
         for name, buffer in self.inputs.items():
             buffer.write(np.ascontiguousarray(feed[name], dtype=np.int32))
-        self.model.run_by_name(SIGNATURE, self.inputs, self.results)
+        self.model.run_by_name(self.signature, self.inputs, self.results)
         return {name: self.results[name].read(int(np.prod(shape)), np.float32).reshape(shape)
                 for name, shape in self.outputs.items()}
 
@@ -109,6 +132,11 @@ def _first_line(error: BaseException) -> str:
 class TFLiteModel:
     """A loaded model, called with a dict of int32 [1, S] inputs, returning a dict of outputs.
 
+    A model with length buckets (one signature per fixed length, edgebert.interpreter.signature_for)
+    runs each input on the signature of its length: `lengths` lists them, shortest first, and the
+    caller pads each text to the shortest that holds it (edgebert.tokenizer.encode's `buckets`).
+    Any other input goes to `serving_default`.
+
     `weight_cache` (a file path; ai-edge-litert only) runs it through LiteRT's CompiledModel with
     XNNPACK's weight cache there (see _CachedWeightsRunner); the operator listing is then unavailable."""
 
@@ -117,9 +145,14 @@ class TFLiteModel:
         self.path = Path(model_path)
         self.runtime = find_runtime(runtime)
         self.weight_cache = Path(weight_cache) if weight_cache else None
+        self.interpreter = None
         if self.weight_cache:
             self._open_with_weight_cache(num_threads, use_xnnpack)
-            return
+        else:
+            self._open(num_threads, use_xnnpack)
+        self._delegate_applied = False
+
+    def _open(self, num_threads: int | None, use_xnnpack: bool) -> None:
         kwargs = {"model_path": str(self.path), "num_threads": num_threads}
         if not use_xnnpack:
             resolver = self.runtime.module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -128,15 +161,14 @@ class TFLiteModel:
             with native_output_silenced():  # LiteRT announces its XNNPACK delegate on stderr
                 self.interpreter = self.runtime.module.Interpreter(**kwargs)
                 signatures = self.interpreter.get_signature_list()
-                self._runner = self.interpreter.get_signature_runner(SIGNATURE) if SIGNATURE in signatures else None
+                self._check_signatures(signatures)
+                self._runners = {name: self.interpreter.get_signature_runner(name) for name in signatures}
+                self._index_lengths(signatures)
+        except BundleError:
+            raise
         except Exception as error:  # noqa: BLE001 - whatever a damaged file makes the loader raise
             raise BundleError(f"not a loadable TFLite model ({_first_line(error)})",
                               self.path) from None
-        if SIGNATURE not in signatures:
-            raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
-        self.input_names = tuple(sorted(signatures[SIGNATURE]["inputs"]))
-        self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
-        self._delegate_applied = False
 
     def _open_with_weight_cache(self, num_threads: int | None, use_xnnpack: bool) -> None:
         if not use_xnnpack:
@@ -146,33 +178,67 @@ class TFLiteModel:
                              f"(this is {self.runtime.describe()})")
         try:
             with native_output_silenced():  # LiteRT lists the accelerators it could not load
-                self._runner = _CachedWeightsRunner(self.path, self.weight_cache, num_threads)
+                compiled = _CachedWeightsRunner(self.path, self.weight_cache, num_threads)
+                signatures = compiled.signatures
+                self._check_signatures(signatures)
+                self._runners = {name: compiled.runner(name) for name in signatures}
+                self._index_lengths(signatures)
+        except BundleError:
+            raise
         except Exception as error:  # noqa: BLE001 - whatever a damaged file makes the loader raise
             raise BundleError(f"not a loadable TFLite model ({_first_line(error)})",
                               self.path) from None
-        signatures = self._runner.signatures
+
+    def _check_signatures(self, signatures: dict) -> None:
         if SIGNATURE not in signatures:
             raise BundleError(f"model has no {SIGNATURE!r} signature (has {sorted(signatures)})", self.path)
-        self.interpreter = None
         self.input_names = tuple(sorted(signatures[SIGNATURE]["inputs"]))
         self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
-        self._delegate_applied = False
+
+    def _index_lengths(self, signatures: dict) -> None:
+        """Fixed length -> runner, over the signatures with serving_default's inputs and outputs."""
+        self._runner = self._runners[SIGNATURE]
+        self._by_length = {}
+        for name, runner in self._runners.items():
+            same_io = (tuple(sorted(signatures[name]["inputs"])) == self.input_names
+                       and tuple(sorted(signatures[name]["outputs"])) == self.output_names)
+            shape = [int(v) for v in runner.get_input_details()["input_ids"]["shape"]] if same_io else []
+            if len(shape) == 2 and shape[1] > 0 and (name == SIGNATURE or shape[1] not in self._by_length):
+                self._by_length[shape[1]] = runner
+        if len(self._by_length) == 1 and not self._fixed_serving_default():
+            self._by_length = {}  # a dynamic serving_default reports its placeholder shape [1, 1]
+
+    def _fixed_serving_default(self) -> bool:
+        details = self._runner.get_input_details()["input_ids"]
+        signature = details.get("shape_signature")
+        return signature is None or all(int(v) > 0 for v in signature)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The fixed lengths the model has a signature for, shortest first; () for a dynamic model."""
+        return tuple(sorted(self._by_length))
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         # Fed by name: the interpreter's tensor order is not the signature's.
         feed = {name: np.asarray(value, dtype=np.int32) for name, value in inputs.items()}
         try:
+            runner = self.runner_for(feed)
             if not self._delegate_applied:  # the first call applies XNNPACK, which LiteRT announces
                 with native_output_silenced():
-                    outputs = self._runner(**feed)
+                    outputs = runner(**feed)
                 self._delegate_applied = True
                 return outputs
-            return self._runner(**feed)
+            return runner(**feed)
         except (ValueError, RuntimeError, TypeError, OverflowError, KeyError, IndexError) as error:
             # e.g. "gather index out of bounds" (ids past the vocabulary), or a damaged model's tensor index
             # that its native wrapper cannot even take (TypeError)
             reason = " ".join(str(error).split())[:300] or type(error).__name__
             raise BundleError(f"the model failed to run on this input ({reason})", self.path) from None
+
+    def runner_for(self, feed: dict):
+        """The signature runner an input goes to: the bucket of its length, else serving_default."""
+        width = np.shape(feed["input_ids"])[-1] if "input_ids" in feed else None
+        return self._by_length.get(width, self._runner)
 
     def delegate_partitions(self) -> int | None:
         """How many partitions of the graph a delegate took over (XNNPACK, the default delegate, is applied

@@ -71,8 +71,9 @@ class _Runner:
         self.model = TFLiteModel(self.bundle.model_path, num_threads=threads, runtime=runtime)
 
     def __call__(self, text) -> tuple[dict, dict]:
-        """(the model's outputs, the encoded inputs) for one text or pair."""
-        encoded = self._encode(self.tokenizer, [text], self.bundle.seq_len)
+        """(the model's outputs, the encoded inputs) for one text or pair; a model with length buckets
+        gets it at the shortest length that holds it."""
+        encoded = self._encode(self.tokenizer, [text], self.bundle.seq_len, buckets=self.model.lengths)
         return self.model(**encoded), encoded
 
 

@@ -5,7 +5,8 @@ One result (one bundle measured in one fresh process) has these keys:
 
     bundle     {"path", "name", "model_bytes", "model_sha256", "quantize", "seq_len", "head",
                 "variant" (Google name or null), "layers", "hidden", "heads", "parameters", "random_weights"}
-    settings   {"threads", "runs", "warmup", "xnnpack" (asked for), "seq_len", "inputs" (where the text came from)}
+    settings   {"threads", "runs", "warmup", "xnnpack" (asked for), "seq_len", "inputs" (where the text came from);
+               "seq_lens" for a bundle with length buckets, whose texts each ran at their own bucket}
     runtime    {"name", "version"}
     xnnpack_applied   whether the XNNPACK delegate actually took the graph
     load_ms, first_inference_ms
@@ -13,8 +14,11 @@ One result (one bundle measured in one fresh process) has these keys:
     throughput_per_s  inferences per second at the mean latency
     python_overhead_ms  median cost of the Python call path (a full call minus a bare native invoke on
                         the same model and inputs), for context
-    memory     {"baseline_rss_mb" (process before loading), "peak_rss_mb", "growth_mb" (peak - baseline)}
+    memory     {"baseline_rss_mb" (process before loading), "peak_rss_mb", "growth_mb" (peak - baseline),
+               "anon_growth_mb", "file_growth_mb" (RssAnon and RssFile after the timed runs - baseline)}
     timestamp  ISO 8601 UTC
+    per_text   (only with `bench --per-text`) {"texts", "passes", "tokens_mean", "lengths" ({length: texts}),
+               "latency_ms" {"mean", "p50", "p90"} over the texts, each the median of its passes}
     soak       (only with `bench --soak N`) {"calls", "samples", "settle_calls", "method", "start_mb",
                "growth_mb", "max_growth_mb", "slope_kb_per_1000" (each {"rss", "anon", "file"}: VmRSS, RssAnon,
                RssFile over the last 90 % of the calls), "series", "p50_first_ms", "p50_last_ms"}; see

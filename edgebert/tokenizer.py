@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import reprlib
+from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -139,10 +140,13 @@ def max_word_chars(tokenizer: Tokenizer, path: str | os.PathLike | None = None) 
 
 
 def encode(
-    tokenizer: Tokenizer, texts: list[str] | list[tuple[str, str]], seq_len: int | None
+    tokenizer: Tokenizer, texts: list[str] | list[tuple[str, str]], seq_len: int | None,
+    buckets: Sequence[int] = (),
 ) -> dict[str, np.ndarray]:
     """int32 `input_ids`, `attention_mask`, `token_type_ids`, each [N, S]: S = seq_len, or the longest
-    row when seq_len is None (rows then truncated at 512). Texts are all str, or all (str, str) pairs."""
+    row when seq_len is None (rows then truncated at 512). Texts are all str, or all (str, str) pairs.
+    `buckets`, the lengths of a model with length buckets (seq_len the longest), pads to the shortest
+    of them that holds the longest row instead of to seq_len."""
     _check_seq_len(seq_len)
     firsts, seconds = _split_texts(texts)
     max_length = seq_len or MAX_LENGTH
@@ -160,7 +164,8 @@ def encode(
         else:  # single text, or a pair whose B has no tokens (BERT then drops B and its [SEP])
             rows.append(([cls, *a[: max_length - 2], sep], None))
 
-    width = seq_len or max((len(ids) for ids, _ in rows), default=0)
+    longest = max((len(ids) for ids, _ in rows), default=0)
+    width = bucket_for(longest, buckets, seq_len) if seq_len else longest
     out = {name: np.zeros((len(rows), width), np.int32) for name in OUTPUT_NAMES}
     out["input_ids"][:] = pad
     for row, (ids, b_start) in enumerate(rows):
@@ -169,6 +174,11 @@ def encode(
         if b_start is not None:
             out["token_type_ids"][row, b_start : len(ids)] = 1
     return out
+
+
+def bucket_for(length: int, buckets: Sequence[int], seq_len: int) -> int:
+    """The shortest of `buckets` that holds `length` tokens; seq_len (the longest) when none does."""
+    return min((b for b in buckets if length <= b <= seq_len), default=seq_len)
 
 
 def _check_seq_len(seq_len) -> None:

@@ -61,7 +61,13 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--mixed-precision-budget", type=float, default=None, metavar="SHARE",
               help="Largest share of the layers' weights (at float32 size) the search may keep in float32 "
                    "(default 0.25); if no mix within it passes, nothing is written.")
-@click.option("--seq-len", default="128", show_default=True, help="Fixed sequence length, or 'dynamic'.")
+@click.option("--seq-len", default="128", show_default=True,
+              help="Fixed sequence length, 'dynamic', or comma-separated lengths (e.g. 16,32,64,128): length "
+                   "buckets, one signature per length in one model.tflite sharing the weights; each text runs "
+                   "at the shortest that holds it, the longest is serving_default.")
+@click.option("--last-layer", type=click.Choice(["auto", "cls", "full"]), default="auto", show_default=True,
+              help="cls: compute the last layer for the [CLS] row alone (same outputs, less work), for outputs "
+                   "that read nothing else (a classifier, CLS pooling); auto does so wherever it can; full never.")
 @click.option("--head", type=click.Choice(["auto", "encoder", "classifier", "sentence-embedding"]), default="auto",
               show_default=True, help="auto: classifier when the checkpoint has one, the sentence embedding for a "
                                       "sentence-transformers folder, else encoder.")
@@ -81,7 +87,7 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
               help="--eval's label column, a name or 0-based index (default: detected).")
 @click.option("--recipe", default=None, metavar="NAME|FILE",
               help="Run a recipe's steps (fine-tune, prune, trim) before the export: a shipped name "
-                   "(edgebert recipes) or a .toml file. --quantize/--seq-len/--compat given here override it.")
+                   "(edgebert recipes) or a .toml file. --quantize/--seq-len/--compat/--last-layer given here override it.")
 @click.option("--task", "task_file", type=click.Path(path_type=Path), default=None, metavar="TRAIN.tsv",
               help="With --recipe: the training data for its fine-tuning and pruning steps.")
 @click.option("--dev", "dev_file", type=click.Path(path_type=Path), default=None, metavar="DEV.tsv",
@@ -91,7 +97,7 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--keep-work", is_flag=True, help="With --recipe: keep DIR.recipe-work (each step's checkpoint).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.pass_context
-def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, seq_len, head, compat,
+def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, seq_len, last_layer, head, compat,
             calibration_file, labels, lowercase, eval_file,
             eval_text_columns, eval_label_column, recipe, task_file, dev_file, corpus_files, keep_work, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
@@ -102,7 +108,7 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
     """
     converters_or_exit()
     from converters.export import Compat, QuantizeMode
-    from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_len
+    from converters.pipeline import ConvertOptions, convert as run_convert, describe_validation, parse_seq_lens
     from edgebert.evaluate import describe as describe_evaluation, parse_column, parse_columns
     from edgebert.bundle import output_lock
 
@@ -116,8 +122,9 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
     if recipe is None:
         if task_file or dev_file or corpus_files or keep_work:
             raise UsageError("--task, --dev, --corpus and --keep-work go with --recipe")
-        options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=parse_seq_len(seq_len),
-                                 compat=Compat.parse(compat), **{k: v for k, v in precision.items() if v is not None},
+        longest, buckets = parse_seq_lens(seq_len)
+        options = ConvertOptions(quantize=QuantizeMode.parse(quantize), seq_len=longest, buckets=buckets,
+                                 last_layer=last_layer, compat=Compat.parse(compat), **{k: v for k, v in precision.items() if v is not None},
                                  **common)
         with ProgressBar(f"downloading {source}") as progress:
             result = run_convert(source, out_dir, options, log=say, fetch_progress=progress)
@@ -127,7 +134,8 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
 
         chosen_recipe = load_recipe(recipe)
         chosen = {name: value if given(ctx, name) else None
-                  for name, value in (("quantize", quantize), ("seq_len", seq_len), ("compat", compat))}
+                  for name, value in (("quantize", quantize), ("seq_len", seq_len), ("compat", compat),
+                                      ("last_layer", last_layer))}
         chosen.update(precision)
         options = convert_options(chosen_recipe, chosen, **common)
         inputs = RecipeInputs(task=task_file, dev=dev_file, corpus=tuple(corpus_files))

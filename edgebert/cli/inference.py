@@ -93,8 +93,11 @@ def write_json_atomically(path: Path, data) -> None:
 @click.option("--soak", default=None, type=int, metavar="N",
               help="After the timed runs, N more inferences on the same interpreter with RSS sampled along the "
                    "way; reports the anonymous and total RSS growth over the last 90 % (a leak check).")
+@click.option("--per-text", is_flag=True,
+              help="Also time every text of --inputs (3 passes), each at the length it gets: its own length "
+                   "bucket, or its own length in a dynamic bundle; reports mean, p50 and p90 per text.")
 def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_file, weight_cache, json_out, timeout,
-          soak):
+          soak, per_text):
     """Measure each BUNDLE's latency, load time and memory, each in its own fresh process.
 
     Feeds real tokenized sentences, times warm runs one by one, and prints a table (p50/p90/p99
@@ -104,7 +107,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     from edgebert.bench import bench_many, check_options, format_table
 
     check_options(threads=threads, runs=runs, warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack,
-                  runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
+                  runtime=runtime, inputs_file=inputs_file, weight_cache=weight_cache, soak=soak, per_text=per_text)
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if json_out is not None:
@@ -112,7 +115,7 @@ def bench(bundles, threads, runs, warmup, seq_len, no_xnnpack, runtime, inputs_f
     with _BundleProgress() as progress:
         results = bench_many(bundles, progress=progress, timeout=timeout, threads=threads, runs=runs,
                              warmup=warmup, seq_len=seq_len, xnnpack=not no_xnnpack, runtime=runtime,
-                             inputs_file=inputs_file, weight_cache=weight_cache, soak=soak)
+                             inputs_file=inputs_file, weight_cache=weight_cache, soak=soak, per_text=per_text)
     click.echo(format_table(results))
     if json_out is not None:
         write_json_atomically(json_out, results)
