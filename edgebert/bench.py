@@ -46,6 +46,8 @@ What is measured, in order, in one process:
    90 % (last sample minus the sample at 10 %), `max_growth_mb` its highest point over that reference,
    and `slope_kb_per_1000` the least-squares slope of the last 90 %'s samples. The p50 latency of the
    first and the last 10 % of the calls shows a slowdown, if any. `soak_summary` does the arithmetic.
+   With length buckets the lengths take turns (`soak_order`): the length changes on every call, and
+   `soak.lengths` and `soak.length_changes` say so.
 """
 from __future__ import annotations
 
@@ -425,19 +427,44 @@ def run_soak(model, feeds: list, calls: int) -> dict:
             samples[taken] = (done, *(status[field] for field in _SOAK_FIELDS))
             taken += 1
 
+    order = soak_order(feeds, calls)
     timings = np.empty(calls, dtype=np.int64)
     sample(0)
     for index in range(calls):
-        feed = feeds[index % len(feeds)]
+        feed = feeds[order[index]]
         start = time.perf_counter_ns()
         model(**feed)
         timings[index] = time.perf_counter_ns() - start
         if (index + 1) % every == 0 or index + 1 == calls:
             sample(index + 1)
     tenth = max(1, int(calls * SOAK_SETTLE))
+    widths = [_width(feeds[i]) for i in order]
+    lengths = {} if len(set(widths)) < 2 else {  # length buckets: how many calls each took, how often it changed
+        "lengths": {str(w): widths.count(w) for w in sorted(set(widths))},
+        "length_changes": sum(a != b for a, b in zip(widths, widths[1:]))}
     return {**soak_summary(samples[:taken].tolist(), calls),
             "p50_first_ms": _round(_ms(np.median(timings[:tenth]))),
-            "p50_last_ms": _round(_ms(np.median(timings[-tenth:])))}
+            "p50_last_ms": _round(_ms(np.median(timings[-tenth:]))), **lengths}
+
+
+def _width(feed: dict) -> int | None:
+    ids = feed.get("input_ids")
+    return None if ids is None else int(ids.shape[-1])
+
+
+def soak_order(feeds: list, calls: int) -> list[int]:
+    """Which feed each soak call runs. One width (a single-length bundle): the feeds in turn. Several
+    (length buckets, each feed padded to its own): the widths take turns, shortest to longest, each
+    cycling through its own feeds, so the length changes on every call and the switching between the
+    model's signatures is what the soak exercises."""
+    groups: dict = {}
+    for index, feed in enumerate(feeds):
+        groups.setdefault(_width(feed), []).append(index)
+    if len(groups) < 2:
+        return [index % len(feeds) for index in range(calls)]
+    turns = [groups[width] for width in sorted(groups)]
+    return [turns[index % len(turns)][(index // len(turns)) % len(turns[index % len(turns)])]
+            for index in range(calls)]
 
 
 def soak_summary(samples: list, calls: int) -> dict:
@@ -674,7 +701,9 @@ def describe_soak(name: str, soak: dict) -> str:
     else:
         memory = (f"anonymous RSS {growth['anon']:+.2f} MB (max {peak['anon']:+.2f}), total RSS {growth['rss']:+.2f} MB "
                   f"(max {peak['rss']:+.2f}) over the last 90 %")
-    return (f"soak {name}: {soak['calls']:,} calls, {memory}; p50 {_fmt(soak.get('p50_first_ms'), '.2f')} ms "
+    turns = (f" (lengths {','.join(soak['lengths'])} in turn, {soak['length_changes']:,} changes)"
+             if soak.get("lengths") else "")
+    return (f"soak {name}: {soak['calls']:,} calls{turns}, {memory}; p50 {_fmt(soak.get('p50_first_ms'), '.2f')} ms "
             f"in the first 10 %, {_fmt(soak.get('p50_last_ms'), '.2f')} ms in the last")
 
 

@@ -21,8 +21,8 @@ One result (one bundle measured in one fresh process) has these keys:
                "latency_ms" {"mean", "p50", "p90"} over the texts, each the median of its passes}
     soak       (only with `bench --soak N`) {"calls", "samples", "settle_calls", "method", "start_mb",
                "growth_mb", "max_growth_mb", "slope_kb_per_1000" (each {"rss", "anon", "file"}: VmRSS, RssAnon,
-               RssFile over the last 90 % of the calls), "series", "p50_first_ms", "p50_last_ms"}; see
-               edgebert.bench
+               RssFile over the last 90 % of the calls), "series", "p50_first_ms", "p50_last_ms", and with length
+               buckets "lengths" ({length: calls}) and "length_changes"}; see edgebert.bench
 A failed measurement is {"bundle": {"path", "name"}, "error": "<one line>"} instead.
 
 The device facts: {"cpu_model", "cores", "machine", "system", "release", "python", "numpy", "hostname"}.

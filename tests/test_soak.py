@@ -132,3 +132,41 @@ def test_bench_soak_command(tiny_bundle, tmp_path):
 def test_bench_soak_option_errors(tiny_bundle, value):
     assert error_line(invoke("bench", tiny_bundle, "--soak", value), 2) == (
         f"error: --soak must be an integer of at least 10, got {value}")
+
+
+# --- length buckets: the soak switches signatures on every call -----------------------------------------
+
+@pytest.fixture(scope="module")
+def bucketed_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny encoder with a signature for each of 8, 16, 32 and 64 tokens in one model."""
+    from converters.pipeline import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("soak") / "tiny.b8-64"
+    return convert(tiny_checkpoint, out, ConvertOptions(seq_len=64, buckets=(8, 16, 32), validation_size=8)).bundle_dir
+
+
+def test_a_soak_on_length_buckets_changes_length_on_every_call_and_stays_flat(bucketed_bundle):
+    soak = _soak(bucketed_bundle)
+    print(f"  lengths {soak['lengths']}, {soak['length_changes']} changes")
+    assert set(soak["lengths"]) >= {"8", "16", "32"}, soak["lengths"]  # the sample texts reach three lengths at least
+    assert sum(soak["lengths"].values()) == CALLS
+    assert soak["length_changes"] == CALLS - 1  # every call on another signature than the one before
+    from edgebert.bench import describe_soak
+    assert f" calls (lengths {','.join(soak['lengths'])} in turn, 999 changes), " in describe_soak("b", soak)
+    _assert_flat(soak)
+
+
+def test_soak_order_alternates_widths_and_leaves_one_width_alone():
+    import numpy as np
+
+    from edgebert.bench import soak_order
+
+    def feed(width):
+        return {"input_ids": np.zeros((1, width), np.int32)}
+
+    assert soak_order([feed(32)] * 3, 7) == [0, 1, 2, 0, 1, 2, 0]  # a single-length bundle: as before
+    feeds = [feed(16), feed(16), feed(64), feed(16), feed(32)]
+    order = soak_order(feeds, 9)
+    assert order == [0, 4, 2, 1, 4, 2, 3, 4, 2]  # 16, 32, 64 in turn, each cycling through its own texts
+    widths = [feeds[i]["input_ids"].shape[1] for i in order]
+    assert all(a != b for a, b in zip(widths, widths[1:]))
