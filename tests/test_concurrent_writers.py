@@ -182,3 +182,57 @@ def test_two_sweeps_of_one_directory_one_runs_the_other_is_refused(tmp_path):
         == results[0]
     assert _beside(out) == ["sweep"]
     assert not [p for p in out.rglob(".*")]  # no staging or temporary file inside
+
+
+# --- finetune, trim-vocab and prune: one writer per checkpoint directory --------------------------------
+
+CHECKPOINT_FILES = ["bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index",
+                    "edgebert_source.json", "vocab.txt"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> dict[str, Path]:
+    """A three-label task (header `text label`: SST-2's `sentence label` has two) and a text corpus."""
+    from edgebert import samples
+
+    root = tmp_path_factory.mktemp("task")
+    sentences = samples.load_sentences()[:48]
+    (root / "train.tsv").write_text("text\tlabel\n" + "".join(f"{s}\t{i % 3}\n" for i, s in enumerate(sentences)))
+    (root / "corpus.txt").write_text("\n".join(sentences) + "\n")
+    return {"train": root / "train.tsv", "corpus": root / "corpus.txt"}
+
+
+def _checkpoint_command(command: str, out: Path, task: dict, encoder: Path, classifier: Path) -> tuple[list, str]:
+    """The command line, and the progress line after which it is surely holding its lock."""
+    if command == "finetune":
+        return (["finetune", encoder, "--task", task["train"], "--out", out, "--epochs", "1", "--batch-size", "16",
+                 "--max-seq-len", "16", "--new-head"], f"reading {encoder}")
+    if command == "trim-vocab":
+        return ["trim-vocab", encoder, "--corpus", task["corpus"], "--out", out], "read 48 texts"
+    return (["prune", classifier, "--task", task["train"], "--heads", "0.5", "--examples", "16", "--seq-len", "16",
+             "--out", out], f"reading {classifier}")
+
+
+@pytest.mark.parametrize("command", ["finetune", "trim-vocab", "prune"])
+def test_a_second_checkpoint_writer_of_one_output_fails_at_once(command, task, tiny_checkpoint,
+                                                                  tiny_classifier_checkpoint, tmp_path):
+    """The first writer is stopped (SIGSTOP) once its progress shows it is under way, so it surely holds the
+    lock while the second starts; then it is let go and finishes. No sleeps, no race."""
+    out = tmp_path / "ckpt"
+    args, under_way = _checkpoint_command(command, out, task, tiny_checkpoint, tiny_classifier_checkpoint)
+    writer = _start(*args)
+    try:
+        _wait_for(writer, under_way)
+        os.kill(writer.pid, signal.SIGSTOP)
+        assert (tmp_path / ".ckpt.lock").read_text().strip() == str(writer.pid)
+        code, stderr = _finish(_start(*args), timeout=120)
+        assert code == 1, stderr[-3000:]
+        assert f"(pid {writer.pid}, " in _lock_error(out, stderr)
+        assert not out.exists()  # the refused run wrote nothing
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGCONT)
+    code, stderr = _finish(writer)
+    assert code == 0, stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == CHECKPOINT_FILES
+    assert _beside(out) == ["ckpt"]  # the lock (and finetune's ckpt.work) gone

@@ -62,6 +62,8 @@ def prune(source, task_file, heads_fraction, ffn_fraction, drop_layers, examples
     ffn = _fraction(ffn_fraction, "--ffn")
     if heads == 0 and ffn == 0 and drop_layers == 0:
         raise UsageError("nothing to prune: give --heads, --ffn or --drop-layers")
+    from edgebert.bundle import output_lock
+    click.get_current_context().with_resource(output_lock(out_dir))  # held until the command ends: one writer
     converters_or_exit()
     from converters.structured import prune_to_directory
 
@@ -118,8 +120,9 @@ def trim_vocab(source, corpus_files, out_dir, max_tokens, min_count, keep_charac
     before, so the converted model gives the same outputs on it; --max-tokens trades coverage for size,
     and --keep-predictions keeps a classifier's labels on the corpus within that budget.
     """
-    from edgebert.bundle import check_output_dir
+    from edgebert.bundle import check_output_dir, output_lock
     check_output_dir(out_dir, force)  # before minutes of work
+    click.get_current_context().with_resource(output_lock(out_dir))  # held until the command ends: one writer
     if keep_predictions and seq_len < 3:
         raise click.UsageError(f"--seq-len must be at least 3 ([CLS], a piece, [SEP]), got {seq_len}")
     converters_or_exit()

@@ -116,8 +116,10 @@ def finetune(source, train_file, dev_file, out_dir, text_columns, label_column, 
     checkpoint is saved every epoch; rerun the same command after an interruption to resume. Add
     --teacher to distil, --prune to magnitude-prune. Then: edgebert convert OUT --out BUNDLE.
     """
-    from edgebert.bundle import check_output_dir
+    from edgebert.bundle import check_output_dir, output_lock
     check_output_dir(out_dir, force)  # before minutes of training (the library checks the rest before it too)
+    # Held until the command ends: one writer per output (its OUT.work and OUT.search too) at a time.
+    click.get_current_context().with_resource(output_lock(out_dir))
     if ray_address:
         from converters.distributed import parse_address
 
