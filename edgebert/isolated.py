@@ -3,7 +3,8 @@ command down with it.
 
 A damaged or hostile model.tflite whose manifest was re-sealed to match (so the size and sha256 checks of
 edgebert.bundle pass) can make the native TFLite interpreter crash (SIGSEGV, SIGABRT, SIGBUS) or loop.
-`edgebert predict` and `edgebert evaluate` therefore load and run the model in `python -m edgebert.isolated`
+`edgebert predict`, `rank` and `evaluate` (and edgebert.predict's functions given `isolated=True`) therefore
+load and run the model in `python -m edgebert.isolated`
 (`edgebert bench` already measures each bundle in a worker of its own): the parent reads the bundle's files
 (pure Python, every failure a one-line error), starts the child with the job as JSON on its stdin, relays
 its progress, and turns every way the child can end into the command's usual one line:
@@ -50,6 +51,18 @@ def _predict_job(bundle: str, texts: list, threads=None, runtime: str = "auto", 
     return predict(bundle, texts, threads=threads, runtime=runtime)
 
 
+def _rank_job(bundle: str, query: str, texts: list, threads=None, runtime: str = "auto", progress=None):
+    from edgebert.predict import rank
+
+    return [[score, text] for score, text in rank(bundle, query, texts, threads=threads, runtime=runtime)]
+
+
+def _embed_job(bundle: str, texts: list, threads=None, runtime: str = "auto", progress=None):
+    from edgebert.predict import embed
+
+    return embed(bundle, texts, threads=threads, runtime=runtime).tolist()
+
+
 def _evaluate_job(bundle: str, task: str, text_columns=None, label_column=None, limit=None, threads=None,
                   progress=None):
     from edgebert.evaluate import evaluate_bundle, load_eval_task
@@ -83,7 +96,8 @@ def _golden_outputs_job(bundle: str, threads=None, progress=None) -> list[dict]:
     return results
 
 
-JOBS: dict[str, Callable] = {"predict": _predict_job, "evaluate": _evaluate_job, "golden_outputs": _golden_outputs_job}
+JOBS: dict[str, Callable] = {"predict": _predict_job, "rank": _rank_job, "embed": _embed_job, "evaluate": _evaluate_job,
+                             "golden_outputs": _golden_outputs_job}
 
 
 # --- the parent -----------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ Encoder result: {"text", "dim", "norm" (of pooled_output), "head" (its first 4 v
 Sentence-embedding result: {"text", "dim", "norm", "head", "tokens", "sentence_embedding" [H],
 "pooling" (the manifest's record: pooling mode, normalize)}: what SentenceTransformer.encode gives.
 A sentence pair is given as a (first, second) tuple and reported as [first, second].
+
+`predict`, `embed` and `rank` run the model in this process. A bundle's files are checked first (sizes,
+sha256, manifest, tokenizer), so a damaged bundle is a one-line BundleError naming the file; but a model
+whose manifest was re-sealed to match it can still crash the native interpreter, which takes the calling
+process down. For bundles from elsewhere pass `isolated=True`: the model then runs in a child process
+(edgebert.isolated), a crash is a BundleError, and `timeout` (seconds) stops one that runs too long.
 """
 from __future__ import annotations
 
@@ -77,10 +83,24 @@ class _Runner:
         return self.model(**encoded), encoded
 
 
+def _in_child(job: str, bundle_dir, arguments: dict, timeout: float | None):
+    """Run edgebert.isolated's `job` on the bundle in a child process (the files checked here first)."""
+    from edgebert.bundle import read_bundle
+    from edgebert.isolated import run
+
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or
+                                not timeout > 0):
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    checked = read_bundle(bundle_dir)  # a bad file is refused before the model runs
+    return run(job, {"bundle": os.fspath(bundle_dir), **arguments}, model_path=checked.model_path, timeout=timeout)
+
+
 def predict(bundle_dir: str | os.PathLike, texts: list, *, threads: int | None = None,
-            runtime: str = "auto") -> list[dict]:
-    """One result per text (see the module docstring)."""
+            runtime: str = "auto", isolated: bool = False, timeout: float | None = None) -> list[dict]:
+    """One result per text (see the module docstring; `isolated`, `timeout`: run in a child process)."""
     texts = check_texts(texts)
+    if isolated:
+        return _in_child("predict", bundle_dir, {"texts": texts, "threads": threads, "runtime": runtime}, timeout)
     runner = _Runner(bundle_dir, threads, runtime)
     results = []
     for text in texts:
@@ -148,9 +168,12 @@ def _sentence_runner(bundle_dir, threads: int | None, runtime: str) -> _Runner:
 
 
 def embed(bundle_dir: str | os.PathLike, texts: list[str], *, threads: int | None = None,
-          runtime: str = "auto") -> np.ndarray:
+          runtime: str = "auto", isolated: bool = False, timeout: float | None = None) -> np.ndarray:
     """The sentence embeddings of `texts` from a sentence-embedding bundle: float32 [N, H], row i for text i."""
     texts = check_texts(texts)
+    if isolated:
+        return np.asarray(_in_child("embed", bundle_dir, {"texts": texts, "threads": threads, "runtime": runtime},
+                                    timeout), dtype=np.float32)
     runner = _sentence_runner(bundle_dir, threads, runtime)
     return np.stack([_sentence_output(runner(text)[0], runner.bundle) for text in texts])  # (N, H)
 
@@ -162,7 +185,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def rank(bundle_dir: str | os.PathLike, query: str, texts: list[str], *, threads: int | None = None,
-         runtime: str = "auto") -> list[tuple[float, str]]:
+         runtime: str = "auto", isolated: bool = False, timeout: float | None = None) -> list[tuple[float, str]]:
     """Semantic search on the device: every text with the cosine of its sentence embedding to the query's,
     most similar first (ties keep the input order). Needs a sentence-embedding bundle."""
     if not isinstance(query, str):
@@ -172,6 +195,10 @@ def rank(bundle_dir: str | os.PathLike, query: str, texts: list[str], *, threads
     texts = check_texts(texts)
     if isinstance(texts[0], tuple):
         raise UsageError("rank compares single texts, not (str, str) pairs")
+    if isolated:
+        ranked = _in_child("rank", bundle_dir, {"query": query, "texts": texts, "threads": threads,
+                                                "runtime": runtime}, timeout)
+        return [(float(score), text) for score, text in ranked]
     runner = _sentence_runner(bundle_dir, threads, runtime)
     vector = lambda text: _sentence_output(runner(text)[0], runner.bundle)  # noqa: E731
     target = _unit(vector(query))  # (H,)

@@ -484,3 +484,88 @@ def test_the_child_is_killed_with_its_parent_on_ctrl_c(tmp_path):
     child = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+# --- rank and the Python API ----------------------------------------------------------------------------
+
+def _bad_bundles(classifier: Path, root: Path) -> list[tuple[Path, Path, str]]:
+    """(bundle, the file to blame, the start of the problem): a model with a flipped bit, a truncated
+    manifest, and a re-sealed tokenizer.json of the wrong types."""
+    made = []
+    bundle = _copy(classifier, root, "flipped")
+    data = bytearray((bundle / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / "model.tflite").write_bytes(bytes(data))
+    made.append((bundle, bundle / "model.tflite", "sha256 "))
+    bundle = _copy(classifier, root, "short-manifest")
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text[: len(text) // 2])
+    made.append((bundle, bundle / "manifest.json", "unreadable JSON"))
+    bundle = _copy(classifier, root, "bad-tokenizer")
+    tokenizer = json.loads((bundle / "tokenizer.json").read_text())
+    (bundle / "tokenizer.json").write_text(json.dumps({**tokenizer, "model": {**tokenizer["model"], "vocab": [1, 2]}}))
+    _reseal(bundle)
+    made.append((bundle, bundle / "tokenizer.json", "not a valid tokenizer.json ("))
+    return made
+
+
+def test_the_python_api_refuses_bad_bundles_with_one_line_naming_the_file(classifier, tmp_path):
+    from edgebert.errors import EdgebertError
+    from edgebert.predict import embed, predict, rank
+
+    calls = {"predict": lambda b, **k: predict(b, list(TEXTS), **k), "embed": lambda b, **k: embed(b, list(TEXTS), **k),
+             "rank": lambda b, **k: rank(b, TEXTS[0], list(TEXTS), **k)}
+    for bundle, culprit, problem in _bad_bundles(classifier, tmp_path):
+        for name, call in calls.items():
+            for isolated in (False, True):
+                with pytest.raises(EdgebertError) as refused:  # BundleError; VocabError for the tokenizer
+                    call(bundle, isolated=isolated)
+                message = str(refused.value)
+                assert message.startswith(f"{culprit}: {problem}") and "\n" not in message, (name, isolated, message)
+
+
+# Makes the native interpreter "crash" (a real SIGSEGV) on loading the model at $EDGEBERT_TEST_SEGV, in
+# every Python started with this directory on its path: the parent command and edgebert.isolated's child.
+SEGV_SITE = """
+import os, signal
+if os.environ.get("EDGEBERT_TEST_SEGV"):
+    import edgebert.interpreter as interpreter
+    load = interpreter.TFLiteModel.__init__
+    def crash(self, path, *args, **kwargs):
+        if os.path.realpath(str(path)) == os.path.realpath(os.environ["EDGEBERT_TEST_SEGV"]):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        load(self, path, *args, **kwargs)
+    interpreter.TFLiteModel.__init__ = crash
+"""
+
+IN_PROCESS = """
+import sys
+from edgebert.errors import BundleError
+from edgebert.predict import rank
+try:
+    rank(sys.argv[1], "a query", ["one text", "another"], isolated=sys.argv[2] == "isolated", timeout=60)
+except BundleError as error:
+    print("caught:", error)
+print("still running")
+"""
+
+
+def test_rank_and_the_python_api_survive_an_interpreter_crash(classifier, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SEGV_SITE)
+    (tmp_path / "texts.txt").write_text("one text\nanother\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+           "EDGEBERT_TEST_SEGV": str(classifier / "model.tflite"), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=180,
+                              env=env)
+
+    crashed = f"{classifier / 'model.tflite'}: the TFLite interpreter crashed on this model (SIGSEGV, in a child process)"
+    assert run("-c", IN_PROCESS, classifier, "in-process").returncode == -11  # what the crash does in process
+    done = run("-c", IN_PROCESS, classifier, "isolated")
+    assert done.returncode == 0 and done.stdout.splitlines() == [f"caught: {crashed}: a damaged model, or a fault "
+                                                                 "of this runtime", "still running"], done
+    line = _one_error_line(run("-m", "edgebert", "rank", classifier, "a query", "--texts", tmp_path / "texts.txt"))
+    assert line.startswith(f"error: {crashed}"), line

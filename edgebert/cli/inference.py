@@ -213,17 +213,21 @@ def _text_lines(path: Path) -> list[str]:
 @click.option("--top", type=int, default=None, help="Print only the N most similar texts.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {score, text}, most similar first.")
 @click.option("--threads", default=None, type=int, help="Interpreter threads (default: the runtime's choice).")
-def rank(bundle, query, texts_file, top, as_json, threads):
+@click.option("--timeout", default=None, type=float,
+              help="Seconds allowed for loading and running the model before it is stopped (default: no limit).")
+def rank(bundle, query, texts_file, top, as_json, threads, timeout):
     """Rank the texts of FILE by the cosine of their sentence embedding to QUERY's (semantic search).
 
     BUNDLE must be a sentence-embedding bundle (a sentence-transformers model converted with `edgebert
-    convert`). Prints `score  text`, most similar first. Runs on the device, without TensorFlow.
+    convert`). Prints `score  text`, most similar first. Runs on the device, without TensorFlow. The model
+    runs in a child process, as for predict.
     """
     from edgebert.predict import describe_ranking, rank as run_rank
 
     if top is not None and top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
-    ranked = run_rank(bundle, query, _text_lines(texts_file), threads=threads)[:top]
+    _check_timeout(timeout)
+    ranked = run_rank(bundle, query, _text_lines(texts_file), threads=threads, isolated=True, timeout=timeout)[:top]
     if as_json:
         click.echo(json.dumps([{"score": score, "text": text} for score, text in ranked], indent=2))
         return
