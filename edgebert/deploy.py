@@ -41,6 +41,7 @@ from edgebert.errors import EdgebertError, UsageError
 
 DEFAULT_REMOTE_DIR = {"ssh": "~/edgebert-deploy", "adb": "/data/local/tmp/edgebert-deploy"}
 MARKER = ".edgebert-deploy"
+STAGING = ".incoming"  # the copy lands here, and is renamed to code/ and bundles/ only once it is whole
 _DIR_TAG = "@edgebert-remote-dir@"
 CONNECT_TIMEOUT_S = 10
 REQUIRED_MODULES = {"numpy": "numpy", "tokenizers": "tokenizers", "click": "click", "pytest": "pytest"}
@@ -164,6 +165,14 @@ def _ssh_option_path(path: Path) -> str:
 
 
 # --- transports ----------------------------------------------------------------------------------------
+
+def _tar_error(stderr: bytes, returncode: int) -> str:
+    """tar's first real complaint (not its closing 'Exiting with failure status' line)."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "Exiting with failure" not in line]
+    lines = [line for line in lines if "No space left" in line] or lines  # the cause, before its symptoms
+    return lines[0] if lines else f"exit status {returncode}"
+
 
 def _last_line(data) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
@@ -440,7 +449,7 @@ def _prepare_remote_dir(transport, target: Target, remote_dir: str) -> str:
         "  exit 3",
         "fi",
         'mkdir -p -- "$d" && cd -- "$d" || exit 3',
-        f": > {MARKER} && rm -rf code bundles results && mkdir code bundles results || exit 3",
+        f": > {MARKER} && rm -rf {STAGING} && mkdir {STAGING} || exit 3",  # the last run's files stay until the copy is whole
         "printf '%s%s' " + shlex.quote(_DIR_TAG) + ' "$PWD"',  # tagged: a chatty login script may print too
     ])
     done = transport.run(script)
@@ -503,10 +512,21 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
         size = build_payload(payload, bundles, budget)
         log(f"copying {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} and edgebert's source "
             f"({size / 1e6:.1f} MB) to {root}")
-        done = transport.upload(payload, root)
+        try:
+            done = transport.upload(payload, f"{root}/{STAGING}")
+        except DeployError as error:  # the connection dropped mid-copy
+            raise DeployError(f"{target}: copying to {root} failed ({str(error).removeprefix(f'cannot reach {target} (')}"
+                              f"{'' if str(error).endswith(')') else ')'}; nothing was installed, rerun to finish") from None
     if done.returncode != 0:
-        raise DeployError(f"{target}: copying to {root} failed "
-                          f"({_last_line(done.stderr) or f'exit status {done.returncode}'})")
+        transport.run(f"rm -rf {shlex.quote(f'{root}/{STAGING}')}")  # a full disk: give the space back
+        raise DeployError(f"{target}: copying to {root} failed ({_tar_error(done.stderr, done.returncode)}); "
+                          "nothing was installed")
+    staged = shlex.quote(f"{root}/{STAGING}")
+    installed = transport.run(f"cd {shlex.quote(root)} && rm -rf code bundles results && mv {staged}/code code && "
+                              f"mv {staged}/bundles bundles && rmdir {staged} && mkdir results")
+    if installed.returncode != 0:
+        raise DeployError(f"{target}: installing the copy in {root} failed "
+                          f"({_last_line(installed.stderr) or f'exit status {installed.returncode}'})")
 
     remote_bundles = [f"{bundles_dir}/{Path(bundle.path).name}" for bundle in bundles]
     options = [*(["--runs", str(runs)] if runs else []), *(["--threads", str(threads)] if threads else [])]

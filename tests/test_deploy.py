@@ -318,3 +318,36 @@ def test_deploy_and_the_device_suite_do_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+# --- faults: a remote disk that fills mid-copy ------------------------------------------------------------
+
+def test_a_full_remote_disk_is_one_line_installs_nothing_and_a_rerun_completes(sshd, tiny_bundle, tmp_path, env):
+    """The remote directory on a 256 kB tmpfs (mounted here: root only): the copy, staged in .incoming,
+    fails with one line naming the host and the step; nothing is left under bundles/ (the staging is
+    removed, giving the space back); with room again, the same command completes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        remote, results_dir = disk / "remote", tmp_path / "results"
+        result = invoke(*_deploy_args(sshd, tiny_bundle, remote=remote, results=results_dir), env=env)
+        assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+        assert errors[0].startswith(f"error: {sshd.host}: copying to {remote} failed (") and \
+            "No space left on device" in errors[0] and errors[0].endswith("; nothing was installed"), errors[0]
+        assert sorted(p.name for p in remote.iterdir()) == [".edgebert-deploy"]  # no bundles/, no staging
+        assert not results_dir.exists()
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        result = invoke(*_deploy_args(sshd, tiny_bundle, remote=remote, results=results_dir), env=env)
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in remote.iterdir()) == [".edgebert-deploy", "bundles", "code", "results"]
+        for file in tiny_bundle.iterdir():
+            assert _sha(remote / "bundles" / "tiny.s32" / file.name) == _sha(file)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
