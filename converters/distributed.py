@@ -20,6 +20,9 @@ and rerun restores the experiment (Tuner.restore): finished trials are kept, unf
 
 The experiment's name carries the digest of its inputs (source, data, options), so a changed input is
 never resumed into an old experiment; the search directory refuses it first (finetune.claim_search_dir).
+
+A sweep's cell (variant x mode x threads) is converted and measured by Ray tasks (RayCells), retried by Ray
+when their worker or node dies; the driver writes every file of the sweep directory as a local sweep does.
 """
 from __future__ import annotations
 
@@ -300,3 +303,143 @@ def _record_files(model_dir: Path, files: dict) -> None:
     record = json.loads(path.read_text(encoding="utf-8"))
     record["history"][-1].update(files)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep's cells as Ray tasks
+
+
+def _node() -> dict:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
+
+
+def _version_error(version: str) -> str | None:
+    from edgebert import __version__
+
+    return None if version == __version__ else (f"the node runs edgebert {__version__}, the driver {version}: "
+                                                "install the same on every node")
+
+
+def _convert_on_node(source, tokenizer: bytes | None, mode: str, seq_len: int, name: str, cpus: int,
+                     version: str) -> dict:
+    """A Ray task: convert one (variant, mode) here; the bundle's files as a tar, or the one-line error."""
+    from converters import sweep
+    from converters.export import QuantizeMode
+    from converters.pipeline import ConvertOptions, convert
+    from converters.tf_import import tf
+
+    node = _node()
+    error = _version_error(version)
+    if error:
+        return {"error": error, "node": node}
+    try:  # TensorFlow's own pools sized to what the task asked for (a reused worker has them already)
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    root = Path(tempfile.mkdtemp(prefix="edgebert-cell-"))
+    try:
+        if tokenizer is not None:  # a Hugging Face source's tokenizer.json, written here under its own name
+            path = root / source.tokenizer_json.name
+            path.write_bytes(tokenizer)
+            source = dataclasses.replace(source, tokenizer_json=path)
+        try:
+            convert(source.path, root / name, ConvertOptions(quantize=QuantizeMode(mode), seq_len=seq_len, force=True),
+                    source=source)
+        except Exception as error:  # noqa: BLE001 - the cell's own failure: recorded, not retried
+            return {"error": ft.one_line_error(error), "node": node}
+        return {"bundle": sweep.pack_dir(root / name), "node": node}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        sweep._release_tensorflow_memory()
+
+
+def _bench_on_node(converted: dict, name: str, threads: int, runs: int, warmup: int) -> dict:
+    """A Ray task: measure one cell here, in a fresh process as a local sweep does, with this node's facts."""
+    from converters import sweep
+    from edgebert.bench import bench_in_fresh_process
+
+    node = _node()
+    if "error" in converted:
+        return {"error": converted["error"], "node": converted["node"]}
+    root = Path(tempfile.mkdtemp(prefix="edgebert-cell-"))
+    try:
+        sweep.unpack_dir(converted["bundle"], root / name)
+        result = bench_in_fresh_process(root / name, threads=threads, runs=runs, warmup=warmup)
+        if "error" not in result:
+            result["device"] = sweep.measuring_device()
+        return {"result": result, "node": node}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class RayCells:
+    """A sweep's cells (converters.sweep.run_sweep's `cells`) as Ray tasks on the connected cluster.
+
+    Per (variant, mode), one task converts the bundle (unless the sweep directory holds a current one, which is
+    sent instead); per thread count, one task measures it, asking Ray for max(threads, cpus_per_cell) CPUs.
+    The source's weights and the bundles travel through Ray's object store: no node needs the driver's files.
+    A task whose worker or node dies is retried by Ray (max_retries), on another node if need be; a cell whose
+    retries run out is recorded as failed. `finished()` yields each result once, as it arrives; the driver
+    writes the files. Cells placed on one node at the same time share its CPUs: for figures that compare,
+    give --cpus-per-trial the nodes' CPU count so each node measures one cell at a time."""
+
+    def __init__(self, cpus_per_cell: int | None = None, log: Log = print, max_retries: int = MAX_FAILURES):
+        if cpus_per_cell is not None and cpus_per_cell < 1:
+            raise UsageError(f"--cpus-per-trial must be at least 1, got {cpus_per_cell}")
+        self.ray = import_ray()
+        self.cpus_per_cell, self.log, self.max_retries = cpus_per_cell, log, max_retries
+        self.pending: dict = {}  # ObjectRef -> ("bundle", group) or ("cell", PendingCell)
+        self._options = {"max_retries": max_retries, "scheduling_strategy": "SPREAD"}
+        self._convert, self._bench = self.ray.remote(_convert_on_node), self.ray.remote(_bench_on_node)
+
+    def cpus(self, threads: int) -> int:
+        return max(threads, self.cpus_per_cell or 1)
+
+    def check(self, plan) -> None:
+        """Refuse at once a cell no node can hold (Ray would wait for such a node forever)."""
+        needed = max(self.cpus(threads) for threads in plan.threads)
+        largest = max((int(node["Resources"].get("CPU", 0)) for node in self.ray.nodes() if node.get("Alive")),
+                      default=0)
+        if needed > largest:
+            raise UsageError(f"a cell asks Ray for {needed} CPUs (its --threads, or --cpus-per-trial) but the "
+                             f"largest node of the cluster has {largest}")
+
+    def submit(self, source, groups, plan) -> None:
+        """One variant's pending cells: groups of (mode, bundle_dir, bundle_is_current, [PendingCell])."""
+        from converters import sweep
+        from edgebert import __version__
+
+        tokenizer = Path(source.tokenizer_json).read_bytes() if source.tokenizer_json else None
+        source_ref = None
+        for group in groups:
+            mode, bundle_dir, current, cells = group
+            if current:  # converted by an earlier run: the nodes measure that bundle
+                converted = self.ray.put({"bundle": sweep.pack_dir(bundle_dir), "node": None})
+            else:
+                if source_ref is None:
+                    source_ref = self.ray.put(source)
+                cpus = self.cpus_per_cell or 1
+                converted = self._convert.options(num_cpus=cpus, **self._options).remote(
+                    source_ref, tokenizer, mode.value, plan.seq_len, bundle_dir.name, cpus, __version__)
+                self.pending[converted] = ("bundle", group)
+                self.log(f"{bundle_dir.name}: converting (Ray task)")
+            for cell in cells:
+                ref = self._bench.options(num_cpus=self.cpus(cell.threads), **self._options).remote(
+                    converted, bundle_dir.name, cell.threads, plan.runs, plan.warmup)
+                self.pending[ref] = ("cell", cell)
+
+    def finished(self):
+        """(kind, item, value) for each task as it ends: ("bundle", group, {"bundle"|"error", "node"}) or
+        ("cell", PendingCell, {"result"|"error", "node"})."""
+        while self.pending:
+            (ref,), _ = self.ray.wait(list(self.pending), num_returns=1)
+            kind, item = self.pending.pop(ref)
+            try:
+                value = self.ray.get(ref)
+            except Exception as error:  # noqa: BLE001 - its worker or node died and Ray's retries ran out
+                value = {"error": f"its Ray worker or node failed ({self.max_retries} retries): "
+                                  f"{ft.one_line_error(error)}", "node": None}
+            yield kind, item, value

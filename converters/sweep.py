@@ -15,13 +15,21 @@ place) stops the sweep with one line instead, since every later cell would fail 
 
 One sweep at a time writes a directory: the run holds the lock `.DIR.lock` beside it (edgebert.bundle's
 output_lock), and a second sweep of the same directory fails at once, naming it.
+
+With a `cells` runner (converters.distributed.RayCells: `sweep --ray`) each cell is converted and measured on
+a node of a Ray cluster; the driver still resolves the checkpoints, skips the finished cells and writes every
+file above, so the directory is the same either way and a rerun with or without Ray resumes it. Each result
+carries the device facts of the machine that measured it (`device`; on Ray also `sweep.ray_node`).
 """
 from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import json
 import os
+import shutil
+import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,17 +136,68 @@ def _finished_cell(path: Path, key: str) -> dict | None:
     return cell["result"] if ok else None
 
 
-def _sweep_facts(variant: Variant, mode: QuantizeMode, threads: int, source: Source | None,
-                 error: str | None) -> dict:
+def _sweep_facts(variant: Variant, mode: QuantizeMode, threads: int, random_weights: bool,
+                 error: str | None, ray_node: dict | None = None) -> dict:
     return {"variant": variant.name, "short_name": variant.short_name, "layers": variant.layers,
             "hidden": variant.hidden, "quantize": mode.value, "threads": threads,
-            "random_weights": bool(source and source.random_weights), "status": "failed" if error else "ok",
-            "error": error, "accuracy": None}
+            "random_weights": random_weights, "status": "failed" if error else "ok",
+            "error": error, "accuracy": None, "ray_node": ray_node}
 
 
-def _failed(bundle_dir: Path, variant, mode, threads, source, error: str) -> dict:
+def _failed(bundle_dir: Path, variant, mode, threads, random_weights: bool, error: str,
+            ray_node: dict | None = None) -> dict:
     return {"bundle": {"path": str(bundle_dir), "name": bundle_dir.name}, "error": error,
-            "sweep": _sweep_facts(variant, mode, threads, source, error)}
+            "sweep": _sweep_facts(variant, mode, threads, random_weights, error, ray_node)}
+
+
+def measuring_device() -> dict:
+    """The facts of the machine a cell is measured on, as `bench` writes them for its results file."""
+    from edgebert import cpu_features
+
+    return {**device_facts(), **cpu_features.device_facts()}
+
+
+@dataclass(frozen=True)
+class PendingCell:
+    """A cell to convert (if its bundle is not current) and measure."""
+
+    index: int  # 1-based, in the plan's order
+    variant: Variant
+    mode: QuantizeMode
+    threads: int
+    path: Path  # its cell file
+    key: str
+    bundle_dir: Path
+    random_weights: bool
+
+
+def pack_dir(directory: Path) -> bytes:
+    """A directory's files as an uncompressed tar (a bundle travelling to or from a Ray node)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(Path(directory).iterdir()):
+            tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def unpack_dir(data: bytes, directory: Path) -> None:
+    Path(directory).mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(directory, filter="data")
+
+
+def _install_bundle(data: bytes, bundle_dir: Path) -> None:
+    """A bundle converted on a node, written into DIR/bundles atomically (staging directory, then rename)."""
+    staging = bundle_dir.with_name(f".{bundle_dir.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        unpack_dir(data, staging)
+        if bundle_dir.exists():
+            shutil.rmtree(bundle_dir)
+        staging.rename(bundle_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write: {error.strerror or error}", bundle_dir) from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -146,25 +205,42 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, EdgebertError) else f"{type(error).__name__}: {text}"
 
 
-def run_sweep(plan: SweepPlan, out_dir: str | Path, log: Log = lambda message: None) -> dict:
-    """Run (or resume) the sweep; returns the results file dict, also written to DIR/results.json."""
+def run_sweep(plan: SweepPlan, out_dir: str | Path, log: Log = lambda message: None, cells=None) -> dict:
+    """Run (or resume) the sweep; returns the results file dict, also written to DIR/results.json.
+    `cells`: None to convert and measure here, one cell after another; a converters.distributed.RayCells to
+    do it on a Ray cluster."""
     out_dir = Path(out_dir)
     with output_lock(out_dir):
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutputError(f"cannot create the sweep directory: {error.strerror}", out_dir) from None
-        return _run_sweep(plan, out_dir, log)
+        return _run_sweep(plan, out_dir, log, cells)
 
 
-def _run_sweep(plan: SweepPlan, out_dir: Path, log: Log) -> dict:
-    from edgebert.bench import bench_in_fresh_process
+class _Results:
+    """DIR/results.json: the cells so far in the plan's order, rewritten after each finished cell."""
 
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / "results.json"
+        self.file = {"schema": BENCH_SCHEMA, "device": device_facts(), "results": []}
+        self.by_index: dict[int, dict] = {}
+
+    def add(self, index: int, result: dict, write: bool = True) -> None:
+        self.by_index[index] = result
+        self.file["results"] = [self.by_index[i] for i in sorted(self.by_index)]
+        if write:
+            _atomic_write(self.path, self.file)
+
+
+def _run_sweep(plan: SweepPlan, out_dir: Path, log: Log, cells=None) -> dict:
     _remove_leftovers(out_dir)
     _atomic_write(out_dir / "sweep.json", {"plan": {**asdict(plan), "variants": [v.name for v in plan.variants],
                                                     "modes": [m.value for m in plan.modes],
                                                     "checkpoints": str(plan.checkpoints) if plan.checkpoints else None}})
-    results_file = {"schema": BENCH_SCHEMA, "device": device_facts(), "results": []}
+    if cells is not None:
+        cells.check(plan)
+    results = _Results(out_dir)
     total = len(plan.variants) * len(plan.modes) * len(plan.threads)
     done = 0
     for variant in plan.variants:
@@ -176,9 +252,10 @@ def _run_sweep(plan: SweepPlan, out_dir: Path, log: Log) -> dict:
         except Exception as error:  # noqa: BLE001 - a sweep records a broken variant and goes on
             message = _one_line(error)
             log(f"{variant.short_name}: cannot get a checkpoint: {message}")
+        random_weights = bool(source and source.random_weights)
+        groups = []
         for mode in plan.modes:
             bundle_dir = out_dir / "bundles" / f"{variant.short_name}.{mode.value}.s{plan.seq_len}"
-            conversion_error = None if source else "no checkpoint (see the log)"
             pending = []
             for threads in plan.threads:
                 done += 1
@@ -187,35 +264,95 @@ def _run_sweep(plan: SweepPlan, out_dir: Path, log: Log) -> dict:
                 finished = _finished_cell(cell, key) if key else None
                 if finished is not None:
                     log(f"[{done}/{total}] {bundle_dir.name} t{threads}: unchanged, skipped")
-                    results_file["results"].append(finished)
+                    results.add(done, finished, write=False)
                 else:
-                    pending.append((done, threads, cell, key))
-            if pending and source and not _bundle_is_current(bundle_dir, source, mode, plan.seq_len):
-                log(f"{bundle_dir.name}: converting")
-                try:
-                    convert(source.path, bundle_dir, ConvertOptions(quantize=mode, seq_len=plan.seq_len, force=True),
-                            source=source)
-                except OutputError:
-                    raise
-                except Exception as error:  # noqa: BLE001
-                    conversion_error = _one_line(error)
-            for index, threads, cell, key in pending:
-                if conversion_error:
-                    result = _failed(bundle_dir, variant, mode, threads, source, conversion_error)
-                else:
-                    log(f"[{index}/{total}] {bundle_dir.name} t{threads}: benchmarking")
-                    result = bench_in_fresh_process(bundle_dir, threads=threads, runs=plan.runs, warmup=plan.warmup)
-                    error = result.get("error")
-                    result["sweep"] = _sweep_facts(variant, mode, threads, source, error)
-                log(f"[{index}/{total}] {bundle_dir.name} t{threads}: " + (
-                    f"failed: {result['error']}" if "error" in result else f"p50 {result['latency_ms']['p50']:.2f} ms"))
-                _atomic_write(cell, {"key": key, "result": result})
-                results_file["results"].append(result)
-                _atomic_write(out_dir / "results.json", results_file)
+                    pending.append(PendingCell(done, variant, mode, threads, cell, key, bundle_dir, random_weights))
+            if not pending:
+                continue
+            current = bool(source) and _bundle_is_current(bundle_dir, source, mode, plan.seq_len)
+            if source is None:
+                for item in pending:
+                    _finish(item, _failed(bundle_dir, variant, mode, item.threads, False,
+                                          "no checkpoint (see the log)"), total, results, log)
+            elif cells is not None:
+                groups.append((mode, bundle_dir, current, pending))
+            else:
+                _run_here(plan, source, mode, bundle_dir, current, pending, total, results, log)
+        if groups:
+            cells.submit(source, groups, plan)
         del source
         _release_tensorflow_memory()
-    _atomic_write(out_dir / "results.json", results_file)
-    return results_file
+    if cells is not None:
+        for kind, item, value in cells.finished():
+            if kind == "bundle":  # a conversion on a node ended: its bundle into DIR/bundles
+                _converted(item, value, log)
+            else:
+                _finish(item, _node_result(item, value), total, results, log, value.get("node"))
+    _atomic_write(results.path, results.file)
+    return results.file
+
+
+def _run_here(plan, source, mode, bundle_dir, current, pending, total, results, log) -> None:
+    from edgebert.bench import bench_in_fresh_process
+
+    conversion_error = None
+    if not current:
+        log(f"{bundle_dir.name}: converting")
+        try:
+            convert(source.path, bundle_dir, ConvertOptions(quantize=mode, seq_len=plan.seq_len, force=True),
+                    source=source)
+        except OutputError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            conversion_error = _one_line(error)
+    device = None
+    for item in pending:
+        if conversion_error:
+            result = _failed(bundle_dir, item.variant, mode, item.threads, item.random_weights, conversion_error)
+        else:
+            log(f"[{item.index}/{total}] {bundle_dir.name} t{item.threads}: benchmarking")
+            result = bench_in_fresh_process(bundle_dir, threads=item.threads, runs=plan.runs, warmup=plan.warmup)
+            if "error" not in result:
+                result["device"] = device = device or measuring_device()
+            result["sweep"] = _sweep_facts(item.variant, mode, item.threads, item.random_weights, result.get("error"))
+        _finish(item, result, total, results, log)
+
+
+def _converted(group: tuple, value: dict, log: Log) -> None:
+    bundle_dir = group[1]
+    where = _node_name(value.get("node"))
+    if "error" in value:
+        log(f"{bundle_dir.name}: conversion failed{where}: {value['error']}")
+        return
+    _install_bundle(value["bundle"], bundle_dir)
+    log(f"{bundle_dir.name}: converted{where}")
+
+
+def _node_result(item: PendingCell, value: dict) -> dict:
+    """A cell's result from its node, as a local sweep records it (the bundle's path is the one in DIR)."""
+    if "error" in value:
+        return _failed(item.bundle_dir, item.variant, item.mode, item.threads, item.random_weights, value["error"],
+                       value.get("node"))
+    result = value["result"]
+    if "error" in result:
+        result["bundle"]["path"] = str(item.bundle_dir)
+    else:
+        result["bundle"]["path"] = str(item.bundle_dir.resolve())
+    result["sweep"] = _sweep_facts(item.variant, item.mode, item.threads, item.random_weights, result.get("error"),
+                                   value.get("node"))
+    return result
+
+
+def _node_name(node: dict | None) -> str:
+    return f" on node {node['ip']} ({node['node_id'][:8]})" if node else ""
+
+
+def _finish(item: PendingCell, result: dict, total: int, results: _Results, log: Log, node: dict | None = None) -> None:
+    name = f"[{item.index}/{total}] {item.bundle_dir.name} t{item.threads}: "
+    log(name + (f"failed: {result['error']}" if "error" in result else
+                f"p50 {result['latency_ms']['p50']:.2f} ms") + _node_name(node))
+    _atomic_write(item.path, {"key": item.key, "result": result})
+    results.add(item.index, result)
 
 
 def _remove_leftovers(out_dir: Path) -> None:

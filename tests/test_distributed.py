@@ -1,6 +1,6 @@
-"""The search and the grid on Ray, against a real cluster started here: a head and a worker node as separate
-`ray start` processes on 127.0.0.1, tiny random models, tiny task files. The worker is killed mid-run, the
-driver is killed mid-run and rerun; every process the tests start is stopped by its PID."""
+"""The search, the grid and the sweep on Ray, against a real cluster started here: a head and a worker node as
+separate `ray start` processes on 127.0.0.1, tiny random models, tiny task files. The worker is killed mid-run,
+the driver is killed mid-run and rerun; every process the tests start is stopped by its PID."""
 from __future__ import annotations
 
 import json
@@ -152,6 +152,30 @@ def _driver(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, start_new_session=True)
 
 
+def _sweep_args(checkpoints: Path, out: Path, *more) -> list[str]:
+    return ["sweep", "--out", str(out), "--variants", "tiny", "--quantize", "float32,dynamic-int8", "--seq-len", "32",
+            "--runs", "2", "--warmup", "0", "--checkpoints", str(checkpoints), *more]
+
+
+@pytest.fixture(scope="module")
+def sweep_checkpoints(tiny_checkpoint, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep-ckpts")
+    shutil.copytree(tiny_checkpoint, root / "uncased_L-2_H-128_A-2")  # the tiny model stands in for Tiny
+    return root
+
+
+def _running_task(process: subprocess.Popen, names: tuple[str, ...]) -> bool:
+    """Whether a Ray worker under this node's process runs one of these tasks (Ray titles it ray::NAME)."""
+    for pid in _descendants(process.pid):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if any(title.startswith(f"ray::{name}") for name in names):
+            return True
+    return False
+
+
 def _search_record(out: Path) -> dict:
     return json.loads((out / "edgebert_source.json").read_text())["history"][-1]
 
@@ -187,6 +211,23 @@ def test_no_cluster_at_the_address_fails_in_seconds_with_one_line(ray_installed,
     assert stderr.splitlines()[-1] == (f"error: no Ray cluster answers at 127.0.0.1:{port} (connection refused); "
                                        f"start one there with `ray start --head --port {port}`, or use --ray local")
     assert "Traceback" not in stderr
+
+
+def test_a_sweep_with_no_cluster_at_the_address_fails_in_seconds_with_one_line(ray_installed, tmp_path):
+    port = _free_port()
+    started = time.monotonic()
+    driver = _driver(["sweep", "--out", str(tmp_path / "s"), "--variants", "tiny", "--ray", f"127.0.0.1:{port}"])
+    stdout, stderr = driver.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert driver.returncode == 2 and stdout == "" and "Traceback" not in stderr
+    assert stderr.splitlines() == [(f"error: no Ray cluster answers at 127.0.0.1:{port} (connection refused); "
+                                    f"start one there with `ray start --head --port {port}`, or use --ray local")]
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_cpus_per_trial_goes_with_ray(tmp_path):
+    result = invoke("sweep", "--out", tmp_path / "s", "--cpus-per-trial", "2")
+    assert error_line(result, 2) == "error: --cpus-per-trial goes with --ray"
 
 
 def test_a_search_over_changed_inputs_is_refused(files, tmp_path):
@@ -290,3 +331,52 @@ def test_the_grid_on_ray_and_here_give_the_same_table(cluster, files, tmp_path):
     assert ray_cell["tflite"]["dev_metrics"]["accuracy"] >= 0.9
     results = json.loads((tmp_path / "ray" / "results.json").read_text())["results"]
     assert results[0]["sweep"]["accuracy"]["task"] == "SST-2" and results[0]["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.slow
+def test_a_sweep_on_ray_with_its_worker_killed_mid_cell_gives_every_cell_once_as_here(cluster, sweep_checkpoints,
+                                                                                       tmp_path):
+    out = tmp_path / "ray"
+    driver = _driver(_sweep_args(sweep_checkpoints, out, "--ray", cluster.address))
+    killed = False
+    try:
+        deadline = time.monotonic() + DRIVER_TIMEOUT
+        while driver.poll() is None and not killed and time.monotonic() < deadline:
+            if _running_task(cluster.worker, ("_convert_on_node", "_bench_on_node")):
+                _kill_tree(cluster.worker)  # the worker node, mid-cell: Ray retries its task on the head
+                killed = True
+            time.sleep(0.05)
+        stdout, stderr = driver.communicate(timeout=DRIVER_TIMEOUT)
+    finally:
+        if driver.poll() is None:
+            _kill_tree(driver)
+    assert driver.returncode == 0, stderr[-4000:]
+    assert killed, "no cell ran on the worker node; nothing was killed:\n" + stderr[-4000:]
+    assert "2 cells, 0 failed" in stdout, stdout
+    assert stderr.count(": converting (Ray task)") == 2, stderr
+    for mode in ("float32", "dynamic-int8"):  # progress: one line per finished cell, naming its node
+        done = [line for line in stderr.splitlines() if f"] bert-tiny.{mode}.s32 t1: p50 " in line]
+        assert len(done) == 1 and " on node " in done[0], stderr
+    names = ["uncased_L-2_H-128_A-2.float32.s32.t1.json", "uncased_L-2_H-128_A-2.dynamic-int8.s32.t1.json"]
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [(r["sweep"]["quantize"], r["sweep"]["status"]) for r in results] == [("float32", "ok"),
+                                                                                ("dynamic-int8", "ok")]  # once each
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(names)
+    assert all(r["sweep"]["ray_node"]["node_id"] and r["device"]["cpu_model"] for r in results)  # who measured it
+    assert sorted(p.name for p in (out / "bundles").iterdir()) == ["bert-tiny.dynamic-int8.s32", "bert-tiny.float32.s32"]
+
+    # The same cells as a sweep here, in the same format; and the Ray sweep's directory resumes here: nothing redone.
+    here = invoke(*_sweep_args(sweep_checkpoints, tmp_path / "here"))
+    assert here.exit_code == 0, here.stderr
+    theirs = json.loads((tmp_path / "here" / "results.json").read_text())["results"]
+    assert [r["bundle"]["name"] for r in results] == [r["bundle"]["name"] for r in theirs]
+    assert [set(r) for r in results] == [set(r) for r in theirs]
+    assert [set(r["sweep"]) for r in results] == [set(r["sweep"]) for r in theirs]
+    assert [r["bundle"]["path"] for r in results] == [str((out / "bundles" / r["bundle"]["name"]).resolve())
+                                                      for r in results]
+    keys = {name: json.loads((tmp_path / d / "cells" / name).read_text())["key"] for d in ("ray", "here") for name in names}
+    assert len(set(keys.values())) == 2
+    resumed = invoke(*_sweep_args(sweep_checkpoints, out))
+    assert resumed.exit_code == 0 and resumed.stderr.count("unchanged, skipped") == 2, resumed.stderr
+    assert "converting" not in resumed.stderr
+    cluster.worker = cluster.start_worker()  # for the next test

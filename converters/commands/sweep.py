@@ -25,17 +25,30 @@ from edgebert.cli import int_list, say
 @click.option("--checkpoints", type=click.Path(path_type=Path), default=None,
               help="Directory with real checkpoints as <google name>/ or <google name>.zip.")
 @click.option("--download", is_flag=True, help="Fetch real checkpoints that are neither given nor cached.")
-def sweep(out_dir, variant_names, modes, thread_counts, seq_len, runs, warmup, checkpoints, download):
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Convert and measure each cell on a Ray cluster: auto, HOST:PORT of its head, or local.")
+@click.option("--cpus-per-trial", type=int, default=None,
+              help="With --ray: CPUs each cell asks Ray for (default and least: its thread count).")
+def sweep(out_dir, variant_names, modes, thread_counts, seq_len, runs, warmup, checkpoints, download, ray_address,
+          cpus_per_trial):
     """Convert, validate and benchmark every variant x mode x thread count, one variant in memory at a time.
 
     Uses the real checkpoint when given (--checkpoints), cached (edgebert fetch) or --download; otherwise
     a random one in Google's layout, marked as such in the results. Interrupted or failed cells are
     redone on the next run; unchanged finished cells are skipped. Then `edgebert report DIR`.
+    With --ray each cell is a Ray task on the cluster; the files are the same either way.
     """
+    from edgebert.errors import UsageError
     from edgebert.variants import parse_variant_list
 
     variants = parse_variant_list(variant_names)
     threads = int_list(thread_counts, "--threads")
+    if cpus_per_trial is not None and not ray_address:
+        raise UsageError("--cpus-per-trial goes with --ray")
+    if ray_address:  # before TensorFlow's import: no cluster at the address fails in seconds
+        from converters.distributed import connect
+
+        connect(ray_address, say)
     converters_or_exit()
     from converters.export import QuantizeMode
     from converters.sweep import SweepPlan, run_sweep
@@ -45,7 +58,12 @@ def sweep(out_dir, variant_names, modes, thread_counts, seq_len, runs, warmup, c
                                                           if m.strip()),
                      threads=tuple(threads), seq_len=seq_len, runs=runs, warmup=warmup, checkpoints=checkpoints,
                      download=download)
-    results = run_sweep(plan, out_dir, log=say)
+    cells = None
+    if ray_address:
+        from converters.distributed import RayCells
+
+        cells = RayCells(cpus_per_cell=cpus_per_trial, log=say)
+    results = run_sweep(plan, out_dir, log=say, cells=cells)
     click.echo(format_table(results))
     failed = sum(1 for result in results["results"] if "error" in result)
     click.echo(f"\n{len(results['results'])} cells, {failed} failed; results in {out_dir / 'results.json'}")
