@@ -223,7 +223,8 @@ def test_convert_prints_the_bundle_on_stdout_and_progress_on_stderr(encoder_run,
     assert not any(line.startswith("error") or "Traceback" in line for line in lines)
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 32, "compat": None,
+    assert manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 32, "last_layer": "full",
+                                  "compat": None,
                                   "calibration": None, "overrides": []}
     assert manifest["head"] == "encoder" and manifest["labels"] == []
     min_cos = float(re.search(r"pooled_output: min cos ([\d.]+)", lines[-1]).group(1))
@@ -263,7 +264,7 @@ def refused(source, out: Path, *options, exit_code: int, read: bool = True) -> s
 
 @pytest.mark.parametrize("option, value, message", [
     ("--quantize", "int4", "unknown quantization mode 'int4' (choose from float32, float16, dynamic-int8, int8, dynamic-int4)"),
-    ("--seq-len", "abc", "--seq-len must be a number or 'dynamic', got 'abc'"),
+    ("--seq-len", "abc", "--seq-len must be a number, comma-separated numbers or 'dynamic', got 'abc'"),
     ("--seq-len", "2", "--seq-len must be at least 3 ([CLS], one token, [SEP]), got 2"),
     ("--compat", "bogus", "unknown compat target 'bogus' (choose from tflite-runtime-2.14)"),
 ])
