@@ -150,6 +150,15 @@ class TFLiteEngine(Engine):
         self.model = TFLiteModel(self.spec["model"], num_threads=self.threads, runtime=self.found.name)
 
     def prepare_feed(self, feed):
+        """A text cut to its own length is padded to the shortest of the model's length buckets that holds
+        it, as edgebert.tokenizer.encode(..., buckets=model.lengths) pads it on a device."""
+        from edgebert.tokenizer import bucket_for
+
+        width = feed["input_ids"].shape[1]
+        lengths = self.model.lengths
+        if len(lengths) > 1 and width not in lengths:
+            extra = bucket_for(width, lengths, lengths[-1]) - width
+            feed = {name: np.pad(value, ((0, 0), (0, extra))) for name, value in feed.items()}  # [PAD] is id 0
         return {name: np.ascontiguousarray(value, dtype=np.int32) for name, value in feed.items()}
 
     def __call__(self, feed):

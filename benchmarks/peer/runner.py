@@ -57,6 +57,10 @@ REPO = Path(__file__).resolve().parents[2]
 SWITCH_PAUSE_S = 0.2
 # The engines that run an edgebert bundle, and the bundle each runs.
 BUNDLE_OF = {EDGEBERT_FLOAT32: EDGEBERT_FLOAT32, EDGEBERT_INT8: EDGEBERT_INT8, EDGEBERT_INT8_CACHED: EDGEBERT_INT8}
+# The real-text set's edgebert bundles: length buckets up to S. (A dynamic-length bundle would also run
+# each text at its own length, but XNNPACK plans again at every new shape, and LiteRT 2.3's CompiledModel,
+# which the weight cache needs, aborts on one: "Failed to allocate tensors".)
+REAL_TEXT_BUCKETS = (16, 32, 64)
 FLOAT_ENGINES = (TF_FLOAT, ORT_FLOAT, TORCH_FLOAT, EDGEBERT_FLOAT32)
 TORCH_ENGINES = (TORCH_FLOAT, TORCH_INT8, EXECUTORCH_INT8)  # need benchmarks.peer.torch_export's artifacts
 
@@ -81,8 +85,14 @@ class Settings:
 
     @property
     def bundle_seq_len(self) -> int | None:
-        """The edgebert bundles' length: fixed S, or dynamic (None) for the real-text set."""
+        """The other engines' length: fixed S, or any (None) for the real-text set."""
         return None if self.text else self.seq_len
+
+    @property
+    def bundle_buckets(self) -> tuple[int, ...]:
+        """The edgebert bundles' shorter lengths: on the real-text set, what edgebert ships for short text,
+        length buckets up to S (each text runs at the shortest that holds it); none at a fixed S."""
+        return tuple(length for length in REAL_TEXT_BUCKETS if length < self.seq_len) if self.text else ()
 
     def describe(self) -> dict:
         return {"threads": self.threads, "runs": self.runs, "rounds": self.rounds, "warmup": self.warmup,
@@ -90,8 +100,8 @@ class Settings:
                 "roofline_shapes": [list(s) for s in self.roofline_shapes], "roofline_runs": self.roofline_runs,
                 "engines": list(self.engines), "text": str(self.text) if self.text else None,
                 "vocab": str(self.vocab) if self.vocab else "synthetic",
-                "inputs": (f"{self.text}: every text at its own length (no padding), tokenized with the bundle's "
-                           "tokenizer.json, cycled in order" if self.text else
+                "inputs": (f"{self.text}: every text at its own length (no padding; edgebert pads it to its length "
+                           "bucket), tokenized with the bundle's tokenizer.json, cycled in order" if self.text else
                            f"samples/sentences.txt, tokenized with the bundle's tokenizer.json, padded to "
                            f"{self.seq_len}, cycled in order"),
                 "alternation": "rounds; each round every (engine, threads) worker makes 1 untimed call then "
@@ -204,7 +214,8 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = root / "checkpoint"
     stamp = {"seed": settings.seed, "config": config.to_dict(), "seq_len": settings.seq_len,
-             "bundle_seq_len": settings.bundle_seq_len, "vocab": str(settings.vocab)}
+             "bundle_seq_len": settings.bundle_seq_len, "buckets": list(settings.bundle_buckets),
+             "vocab": str(settings.vocab)}
     stamp_path = root / "artifacts.json"
     reuse = settings.reuse and stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp
     if not reuse:
@@ -221,8 +232,8 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
             log(f"  converting the {mode} bundle")
             started = time.perf_counter()
             with native_output_silenced():
-                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=settings.bundle_seq_len, validation_size=16,
-                                                        force=True))
+                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=settings.seq_len,
+                                                        buckets=settings.bundle_buckets, validation_size=16, force=True))
             artifacts["convert_seconds"][mode] = round(time.perf_counter() - started, 1)
         artifacts["bundles"][engine] = str(out)
 
@@ -349,9 +360,6 @@ def skip_reason(engine: str, per_text: bool = False) -> str | None:
     workers' Python, so that a missing feature is a recorded skip rather than a failed worker."""
     if engine != EDGEBERT_INT8_CACHED:
         return None
-    if per_text:  # seen with ai-edge-litert 2.3.0: "Failed to allocate tensors", then "double free" (SIGABRT/SIGSEGV)
-        return ("the weight cache runs LiteRT's CompiledModel, which fails on a dynamic-length bundle (ai-edge-litert "
-                "2.3: 'Failed to allocate tensors', then the process aborts); the real-text set needs one")
     from edgebert.errors import RuntimeNotAvailableError
     from edgebert.interpreter import find_runtime, weight_cache_supported
     try:
