@@ -38,7 +38,6 @@ class Head(str, Enum):
     SENTENCE_EMBEDDING = "sentence-embedding"  # a sentence-transformers folder's pooling (+ Normalize)
 
 
-@dataclass(frozen=True)
 class LastLayer(str, Enum):
     AUTO = "auto"  # [CLS] only where the outputs read nothing else (a classifier, [CLS] pooling), else full
     CLS = "cls"  # the last layer computes the [CLS] row alone (converters.model.encoder_layer)
@@ -96,7 +95,6 @@ class ConvertOptions:
             raise UsageError(f"per-layer overrides (recipe {self.layer_overrides[0].recipe}) need dynamic-int8 "
                              f"or dynamic-int4 without --compat; {self.quantize.value} is exported by the "
                              f"TensorFlow converter as a whole")
-
 
     @property
     def lengths(self) -> tuple[int | None, ...]:
@@ -347,7 +345,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         with native_output_silenced():
             return export_tflite(exported, seq_len, QuantizeMode.FLOAT32, shorter_lengths=options.buckets)
 
-    log("validating against the float model" + (f" at every length" if options.buckets else ""))
+    log("validating against the float model" + (" at every length" if options.buckets else ""))
     validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)

@@ -200,7 +200,8 @@ class TFLiteModel:
         self._runner = self._runners[SIGNATURE]
         self._by_length = {}
         for name, runner in self._runners.items():
-            same_io = (tuple(sorted(signatures[name]["inputs"])) == self.input_names
+            same_io = ("input_ids" in self.input_names
+                       and tuple(sorted(signatures[name]["inputs"])) == self.input_names
                        and tuple(sorted(signatures[name]["outputs"])) == self.output_names)
             shape = [int(v) for v in runner.get_input_details()["input_ids"]["shape"]] if same_io else []
             if len(shape) == 2 and shape[1] > 0 and (name == SIGNATURE or shape[1] not in self._by_length):
