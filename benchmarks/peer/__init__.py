@@ -48,10 +48,11 @@ there, peak after all runs). The orchestrator drives the workers ROUND BY ROUND,
 each round, so drift in the machine's speed hits every engine alike. Inputs are real sentences from
 samples/ tokenized with the bundle's tokenizer at seq 128, batch 1, cycled in the same order for all.
 With `--text FILE` (a GLUE .tsv such as SST-2's dev.tsv, or one text per line) the run measures that set
-instead: each text at its own length (no padding) in every engine but edgebert, whose bundles are converted
-with length buckets (16, 32, 64, S: one signature each, sharing the weights) and pad each text to the
-shortest bucket that holds it, as `edgebert predict` does; the ExecuTorch program is exported with a
-dynamic seq dim; `--vocab FILE` gives the random checkpoint a real vocabulary so that the texts get their
+instead: each text at its own length (no padding) in every engine, edgebert's bundles converted with a
+dynamic length (from Mini up faster than length buckets, README: Real text) except the weight-cache
+engine's, which LiteRT's CompiledModel cannot run at a dynamic length: it gets length buckets (16, 32, 64,
+S) and pads each text to the shortest that holds it; the ExecuTorch program is exported with a dynamic
+seq dim; `--vocab FILE` gives the random checkpoint a real vocabulary so that the texts get their
 real word-piece lengths (the synthetic vocab splits unknown words into characters).
 
 The roofline (benchmarks.peer.roofline): MACs per variant at seq S, and the best dynamic-int8

@@ -57,9 +57,8 @@ REPO = Path(__file__).resolve().parents[2]
 SWITCH_PAUSE_S = 0.2
 # The engines that run an edgebert bundle, and the bundle each runs.
 BUNDLE_OF = {EDGEBERT_FLOAT32: EDGEBERT_FLOAT32, EDGEBERT_INT8: EDGEBERT_INT8, EDGEBERT_INT8_CACHED: EDGEBERT_INT8}
-# The real-text set's edgebert bundles: length buckets up to S. (A dynamic-length bundle would also run
-# each text at its own length, but XNNPACK plans again at every new shape, and LiteRT 2.3's CompiledModel,
-# which the weight cache needs, aborts on one: "Failed to allocate tensors".)
+# The real-text set's weight-cache engine: length buckets up to S, since LiteRT 2.3's CompiledModel, which
+# the weight cache needs, aborts on a dynamic-length model ("Failed to allocate tensors").
 REAL_TEXT_BUCKETS = (16, 32, 64)
 FLOAT_ENGINES = (TF_FLOAT, ORT_FLOAT, TORCH_FLOAT, EDGEBERT_FLOAT32)
 TORCH_ENGINES = (TORCH_FLOAT, TORCH_INT8, EXECUTORCH_INT8)  # need benchmarks.peer.torch_export's artifacts
@@ -89,9 +88,11 @@ class Settings:
         return None if self.text else self.seq_len
 
     @property
-    def bundle_buckets(self) -> tuple[int, ...]:
-        """The edgebert bundles' shorter lengths: on the real-text set, what edgebert ships for short text,
-        length buckets up to S (each text runs at the shortest that holds it); none at a fixed S."""
+    def cache_buckets(self) -> tuple[int, ...]:
+        """The weight-cache engine's shorter lengths on the real-text set: LiteRT's CompiledModel, which the
+        cache needs, aborts on a dynamic-length model, so that engine runs length buckets up to S (each
+        text at the shortest that holds it); the other edgebert engines run the dynamic-length bundle,
+        which is faster from Mini up (README: Real text)."""
         return tuple(length for length in REAL_TEXT_BUCKETS if length < self.seq_len) if self.text else ()
 
     def describe(self) -> dict:
@@ -100,8 +101,9 @@ class Settings:
                 "roofline_shapes": [list(s) for s in self.roofline_shapes], "roofline_runs": self.roofline_runs,
                 "engines": list(self.engines), "text": str(self.text) if self.text else None,
                 "vocab": str(self.vocab) if self.vocab else "synthetic",
-                "inputs": (f"{self.text}: every text at its own length (no padding; edgebert pads it to its length "
-                           "bucket), tokenized with the bundle's tokenizer.json, cycled in order" if self.text else
+                "inputs": (f"{self.text}: every text at its own length (no padding; edgebert's weight-cache engine "
+                           "pads it to its length bucket), tokenized with the bundle's tokenizer.json, cycled in order"
+                           if self.text else
                            f"samples/sentences.txt, tokenized with the bundle's tokenizer.json, padded to "
                            f"{self.seq_len}, cycled in order"),
                 "alternation": "rounds; each round every (engine, threads) worker makes 1 untimed call then "
@@ -214,7 +216,7 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = root / "checkpoint"
     stamp = {"seed": settings.seed, "config": config.to_dict(), "seq_len": settings.seq_len,
-             "bundle_seq_len": settings.bundle_seq_len, "buckets": list(settings.bundle_buckets),
+             "bundle_seq_len": settings.bundle_seq_len, "cache_buckets": list(settings.cache_buckets),
              "vocab": str(settings.vocab)}
     stamp_path = root / "artifacts.json"
     reuse = settings.reuse and stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp
@@ -224,16 +226,20 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
         log("  random checkpoint (Google layout)")
         write_random_checkpoint(config, checkpoint, vocab, seed=settings.seed)
     artifacts = {"checkpoint": str(checkpoint), "bundles": {}, "convert_seconds": {}}
-    for engine, mode in ((EDGEBERT_FLOAT32, "float32"), (EDGEBERT_INT8, "dynamic-int8")):
+    exports = [(EDGEBERT_FLOAT32, "float32", settings.bundle_seq_len, ()),
+               (EDGEBERT_INT8, "dynamic-int8", settings.bundle_seq_len, ())]
+    if settings.cache_buckets and EDGEBERT_INT8_CACHED in settings.engines:
+        exports.append((EDGEBERT_INT8_CACHED, "dynamic-int8", settings.seq_len, settings.cache_buckets))
+    for engine, mode, seq_len, buckets in exports:
         if engine == EDGEBERT_FLOAT32 and engine not in settings.engines:
             continue  # the int8 bundle is always made: its tokenizer.json tokenizes the inputs for every engine
-        out = root / f"bundle.{mode}"
+        out = root / f"bundle.{mode}{'.buckets' if buckets else ''}"
         if not (reuse and (out / "manifest.json").is_file()):
-            log(f"  converting the {mode} bundle")
+            log(f"  converting the {mode} bundle{' (length buckets)' if buckets else ''}")
             started = time.perf_counter()
             with native_output_silenced():
-                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=settings.seq_len,
-                                                        buckets=settings.bundle_buckets, validation_size=16, force=True))
+                convert(checkpoint, out, ConvertOptions(quantize=mode, seq_len=seq_len, buckets=buckets,
+                                                        validation_size=16, force=True))
             artifacts["convert_seconds"][mode] = round(time.perf_counter() - started, 1)
         artifacts["bundles"][engine] = str(out)
 
@@ -276,7 +282,8 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
     bundle_dir = Path(artifacts["bundles"][EDGEBERT_INT8])
     # Named by the model's sha, as `edgebert bench --weight-cache` names it: a reused work dir never maps
     # packed weights of an older conversion.
-    artifacts["weight_cache"] = str(weight_cache_file(root / "weight-cache", read_bundle(bundle_dir)))
+    cached_bundle = Path(bundle_of(EDGEBERT_INT8_CACHED, artifacts))
+    artifacts["weight_cache"] = str(weight_cache_file(root / "weight-cache", read_bundle(cached_bundle)))
     tokenizer = tokenization.load_tokenizer(bundle_dir / "tokenizer.json")
     sentences = load_texts(settings.text) if settings.text else samples.load_sentences()
     encoded = tokenization.encode(tokenizer, sentences, settings.seq_len)
@@ -314,9 +321,15 @@ def load_texts(path: Path) -> list[str]:
     return samples.load_sentences(path)
 
 
+def bundle_of(engine: str, artifacts: dict) -> str:
+    """The bundle an edgebert engine runs: its own (the weight cache's length buckets on the real-text
+    set), else the one BUNDLE_OF names."""
+    return artifacts["bundles"].get(engine) or artifacts["bundles"][BUNDLE_OF[engine]]
+
+
 def model_bytes(engine: str, artifacts: dict, ready_facts: dict) -> int | None:
     if engine in BUNDLE_OF:
-        return (Path(artifacts["bundles"][BUNDLE_OF[engine]]) / "model.tflite").stat().st_size
+        return (Path(bundle_of(engine, artifacts)) / "model.tflite").stat().st_size
     if engine in (ORT_FLOAT, ORT_INT8) and "onnx" in artifacts:
         return artifacts["onnx"]["bytes"]["float" if engine == ORT_FLOAT else "int8"]
     if engine == TF_FLOAT:
@@ -349,7 +362,7 @@ def worker_spec(engine: str, threads: int, artifacts: dict, settings: Settings) 
             raise WorkerError(artifacts.get("onnx_error", "no ONNX model"))
         spec.update(kind="ort", model=artifacts["onnx"]["files"]["float" if engine == ORT_FLOAT else "int8"])
     else:
-        spec.update(kind="tflite", model=str(Path(artifacts["bundles"][BUNDLE_OF[engine]]) / "model.tflite"))
+        spec.update(kind="tflite", model=str(Path(bundle_of(engine, artifacts)) / "model.tflite"))
         if engine == EDGEBERT_INT8_CACHED:
             spec.update(kind="tflite-cached", weight_cache=artifacts["weight_cache"])
     return spec
