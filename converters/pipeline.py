@@ -297,8 +297,8 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     num_labels, pooling = _resolve_head(source, options.head)
     labels = _labels(source, options, num_labels)
     if options.layer_overrides:  # before the slow part: a pattern that matches no layer fails at once
-        check_overrides(expected_layer_names(config.num_layers, pooling is None, num_labels > 0),
-                        options.layer_overrides)
+        expected = expected_layer_names(config.num_layers, pooling is None, num_labels > 0, bool(options.buckets))
+        check_overrides(expected, options.layer_overrides)
     tokenizer = bundle_tokenizer(source, seq_len)
     tokenizer_bytes = tokenizer.to_str(pretty=True).encode("utf-8")
 

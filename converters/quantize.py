@@ -10,7 +10,7 @@ Layers are the ops that carry weights: every FULLY_CONNECTED (a Dense layer) and
 lookup, named after the Keras layer they come from (converters/model.py), the encoder layer's index
 written as a path:
 
-    position_embeddings  word_embeddings
+    word_embeddings  (and position_embeddings in a model with length buckets, where it is a lookup)
     layer_0/query  layer_0/key  layer_0/value  layer_0/attention_output  layer_0/intermediate  layer_0/output
     ... one set per encoder layer ...
     pooler  classifier          (encoders and classifiers; a sentence embedder has neither)
@@ -43,7 +43,8 @@ _ENCODER_LAYER = re.compile(r"layer_(\d+)_(.+)")  # a Keras layer name in the gr
 _ENCODER_PATH = re.compile(r"layer_(\d+)/(.+)")  # the same layer's name here
 # A model with length buckets has one subgraph per length, which the TensorFlow converter fills with the
 # same tensor names; AEQ wants names unique in the whole model, so prepare() prefixes each shorter
-# length's names with its signature ("seq_16:"). The recipe entries match either form.
+# length's names with its signature ("seq_16:"), and each subgraph's copy of a layer gets its own recipe
+# entry (_scopes).
 _BUCKET_PREFIX = re.compile(r"^seq_\d+:")
 
 
@@ -119,10 +120,13 @@ def parse_overrides(entries, path: str | Path) -> tuple[Override, ...]:
     return tuple(overrides)
 
 
-def expected_layer_names(num_layers: int, has_pooler: bool, has_classifier: bool) -> list[str]:
-    """The layer names a model will have, known before it is built (so overrides fail at once)."""
+def expected_layer_names(num_layers: int, has_pooler: bool, has_classifier: bool,
+                         position_table: bool = False) -> list[str]:
+    """The layer names a model will have, known before it is built (so overrides fail at once);
+    `position_table`: a model with length buckets, whose position embeddings are a lookup table too."""
     parts = ("query", "key", "value", "attention_output", "intermediate", "output")
-    names = ["position_embeddings", "word_embeddings"] + [f"layer_{i}/{part}" for i in range(num_layers) for part in parts]
+    names = ["position_embeddings"] * position_table + ["word_embeddings"]
+    names += [f"layer_{i}/{part}" for i in range(num_layers) for part in parts]
     return names + ["pooler"] * has_pooler + ["classifier"] * has_classifier
 
 

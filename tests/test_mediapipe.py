@@ -632,3 +632,27 @@ def test_the_browser_classifies_and_embeds_with_the_runners_results(classifier_b
     assert any(name.endswith(".wasm") for name in page["resources"])
     # The proxy saw none of MediaPipe's hosts (only, if anything, Chromium's own background services).
     assert not [line for line in seen if any(host in line for host in MEDIAPIPE_HOSTS)], seen
+
+
+def test_a_classifier_with_length_buckets_exports_its_longest_length(tiny_classifier_checkpoint, tasks, tmp_path):
+    """MediaPipe runs one subgraph: a bucketed bundle's model.tflite has no metadata, the manifest says so, and
+    export-mediapipe writes serving_default (the longest) alone, which agrees with the bucketed runner."""
+    from converters.pipeline import ConvertOptions, convert
+    from edgebert.predict import predict
+
+    bundle = tmp_path / "buckets"
+    convert(tiny_classifier_checkpoint, bundle, ConvertOptions(seq_len=32, buckets=(16,), validation_size=8,
+                                                               labels=LABELS))
+    record = json.loads((bundle / "manifest.json").read_text())["mediapipe"]
+    assert "the export keeps the longest length, 32" in record["note"]
+    out = tmp_path / "buckets.tflite"
+    result = invoke("export-mediapipe", bundle, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "length 32" in result.stdout
+    info = json.loads(invoke("inspect", out, "--json").stdout)
+    assert len(info["subgraphs"]) == 1 and all(t["shape"] == [1, 32] for t in info["subgraphs"][0]["inputs"])
+    assert out.stat().st_size < (bundle / "model.tflite").stat().st_size + 300_000  # no second copy of anything
+    with _classifier(tasks, out) as classifier:
+        for text, want in zip(TEXTS, predict(bundle, TEXTS)):
+            scores = _scores(classifier.classify(text))
+            assert max(abs(scores[k] - p) for k, p in want["probabilities"].items()) <= 1e-4
