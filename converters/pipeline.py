@@ -225,6 +225,10 @@ def _cls_only_last_layer(options: ConvertOptions, num_labels: int, pooling: Sent
         raise UsageError("--last-layer cls needs outputs that read only [CLS] (a classifier, or a sentence "
                          "embedding with CLS pooling); this export's "
                          f"{'pooling reads every token' if pooling else 'sequence_output needs every row'}")
+    if options.compat is not None and options.last_layer is LastLayer.AUTO:
+        # tflite-runtime 2.14 crashed on Cortex-A76 on per-tensor int8 dense layers of 2 to ~24 rows, and a
+        # [CLS]-only layer has 1: unproven there, so a --compat export keeps the full layer unless asked.
+        return False
     return possible and options.last_layer is not LastLayer.FULL
 
 
