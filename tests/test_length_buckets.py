@@ -155,6 +155,16 @@ def test_cls_only_is_the_default_for_classifiers_and_full_stays_available(tiny_c
         np.testing.assert_allclose(a["outputs"]["logits"], b["outputs"]["logits"], rtol=0, atol=1e-4)
 
 
+def test_a_compat_export_keeps_the_full_last_layer_unless_asked(tiny_classifier_checkpoint, tmp_path):
+    from converters.export import Compat
+    from converters.pipeline import ConvertOptions, convert
+
+    compat = dict(seq_len=16, validation_size=8, compat=Compat.TFLITE_RUNTIME_2_14)
+    auto = convert(tiny_classifier_checkpoint, tmp_path / "auto", ConvertOptions(**compat))
+    asked = convert(tiny_classifier_checkpoint, tmp_path / "cls", ConvertOptions(**compat, last_layer="cls"))
+    assert auto.manifest["recipe"]["last_layer"] == "full" and asked.manifest["recipe"]["last_layer"] == "cls"
+
+
 # --- real-sized: bytes ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
