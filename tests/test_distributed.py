@@ -4,117 +4,24 @@ the driver is killed mid-run and rerun; every process the tests start is stopped
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.local_ray import RAY, Cluster
+from benchmarks.local_ray import descendants as _descendants, free_port as _free_port, kill_tree as _kill_tree
+from benchmarks.local_ray import ray_env as _env
 from ci import missing
 from cli_helpers import error_line, invoke
 from test_finetune import _write_task
 
 REPO = Path(__file__).resolve().parent.parent
-RAY = Path(sys.executable).parent / "ray"
 CELLS = ["--batch-size", "16", "--learning-rate", "3e-3,1e-6"]  # 1.0 and ~0.5 dev accuracy: a clear best
 DRIVER_TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    """The process tree under pid (from /proc), children first found first."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process we started, everything under it, and its own process group."""
-    for pid in [process.pid, *_descendants(process.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # started with start_new_session: its group is its own
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(timeout=30)
-
-
-def _env() -> dict:
-    # Token auth off: a ~/.ray/auth_token left by some other `ray.init()` would turn it on for `ray start` only.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-class Cluster:
-    def __init__(self):
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        # Ray's socket paths must stay short: not under pytest's long tmp_path.
-        self.temp = Path(tempfile.mkdtemp(prefix="ebray", dir="/tmp"))
-        self.head = self.worker = None
-        try:
-            self.head = self._start("--head", "--port", str(self.port), "--temp-dir", str(self.temp),
-                                    "--include-dashboard=false")
-            self._wait_for_nodes(1)
-            self.worker = self.start_worker()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, *args) -> subprocess.Popen:
-        log = open(self.temp / f"start-{time.monotonic_ns()}.log", "w")
-        return subprocess.Popen([str(RAY), "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-
-    def start_worker(self) -> subprocess.Popen:
-        self.worker = self._start("--address", self.address)
-        self._wait_for_nodes(2)
-        return self.worker
-
-    def _wait_for_nodes(self, count: int) -> None:
-        code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            done = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
-                                  env=_env(), timeout=60)
-            if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] and \
-                    int(done.stdout.strip().splitlines()[-1]) >= count:
-                return
-            time.sleep(1)
-        raise AssertionError(f"the Ray cluster did not reach {count} nodes: {done.stderr[-2000:]}")
-
-    def stop(self) -> None:
-        for process in (self.worker, self.head):
-            if process is not None and process.poll() is None:
-                _kill_tree(process)
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
