@@ -76,7 +76,8 @@ def test_bert_mini_dynamic_int8_acceptance(tmp_path):
     result = convert(checkpoint, tmp_path / "bundle", ConvertOptions())
     pooled = result.manifest["validation"]["outputs"]["pooled_output"]
     assert pooled["min_cosine"] >= 0.999
-    assert result.manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 128, "compat": None,
+    assert result.manifest["recipe"] == {"name": None, "quantize": "dynamic-int8", "seq_len": 128,
+                                         "last_layer": "full", "compat": None,
                                          "calibration": None, "overrides": []}
     assert all(not op.startswith("Flex") and op != "CUSTOM" for op in result.manifest["ops"])
     assert "FULLY_CONNECTED" in result.manifest["ops"]
