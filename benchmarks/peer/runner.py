@@ -243,41 +243,21 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
             artifacts["convert_seconds"][mode] = round(time.perf_counter() - started, 1)
         artifacts["bundles"][engine] = str(out)
 
-    onnx_dir, onnx_info = root / "onnx", root / "onnx" / "export.json"
-    if ORT_FLOAT in settings.engines or ORT_INT8 in settings.engines:
-        if not (reuse and onnx_info.is_file()):
-            log("  ONNX export (torch) + ORT BERT fusions + quantize_dynamic")
-            done = subprocess.run([sys.executable, "-m", "benchmarks.peer.onnx_export", str(checkpoint), str(onnx_dir),
-                                   "--seq-len", str(settings.seq_len)], capture_output=True, text=True, cwd=str(REPO),
-                                  env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=settings.timeout_s,
-                                  check=False)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode != 0 or not lines:
-                tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
-                artifacts["onnx_error"] = f"ONNX export failed (exit {done.returncode}): {' | '.join(tail)[:600]}"
-            else:
-                onnx_dir.mkdir(parents=True, exist_ok=True)
-                onnx_info.write_text(lines[-1])
-        if onnx_info.is_file():
-            artifacts["onnx"] = json.loads(onnx_info.read_text())
-
-    torch_dir, torch_info = root / "torch", root / "torch" / "export.json"
-    if any(engine in settings.engines for engine in TORCH_ENGINES):
-        if not (reuse and torch_info.is_file()):
-            log("  transformers BertModel saved + ExecuTorch export (XNNPACK, dynamic int8)")
-            done = subprocess.run([sys.executable, "-m", "benchmarks.peer.torch_export", str(checkpoint), str(torch_dir),
-                                   "--seq-len", str(settings.seq_len)], capture_output=True, text=True, cwd=str(REPO),
-                                  env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=settings.timeout_s,
-                                  check=False)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode != 0 or not lines:
-                tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
-                artifacts["torch_error"] = f"PyTorch export failed (exit {done.returncode}): {' | '.join(tail)[:600]}"
-            else:
-                torch_dir.mkdir(parents=True, exist_ok=True)
-                torch_info.write_text(lines[-1])
-        if torch_info.is_file():
-            artifacts["torch"] = json.loads(torch_info.read_text())
+    exports = (("onnx", "ONNX", "benchmarks.peer.onnx_export", (ORT_FLOAT, ORT_INT8),
+                "ONNX export (torch) + ORT BERT fusions + quantize_dynamic"),
+               ("torch", "PyTorch", "benchmarks.peer.torch_export", TORCH_ENGINES,
+                "transformers BertModel saved + ExecuTorch export (XNNPACK, dynamic int8)"))
+    for key, what, module, engines, message in exports:
+        if not any(engine in settings.engines for engine in engines):
+            continue
+        info = root / key / "export.json"
+        if not (reuse and info.is_file()):
+            log(f"  {message}")
+            error = _export_in_subprocess(module, checkpoint, root / key, settings)
+            if error:
+                artifacts[f"{key}_error"] = f"{what} export failed ({error})"
+        if info.is_file():
+            artifacts[key] = json.loads(info.read_text())
 
     bundle_dir = Path(artifacts["bundles"][EDGEBERT_INT8])
     # Named by the model's sha, as `edgebert bench --weight-cache` names it: a reused work dir never maps
@@ -305,6 +285,21 @@ def make_artifacts(variant, root: Path, settings: Settings, log: Callable[[str],
                                  "tokenizer": str(bundle_dir / "tokenizer.json")}
     stamp_path.write_text(json.dumps({"stamp": stamp}))
     return artifacts
+
+
+def _export_in_subprocess(module: str, checkpoint: Path, out_dir: Path, settings: Settings) -> str | None:
+    """Run an export module (`python -m MODULE CHECKPOINT OUT --seq-len S`) in its own process, which
+    prints its facts as a JSON line; keep that line as OUT/export.json. Returns why it failed, or None."""
+    done = subprocess.run([sys.executable, "-m", module, str(checkpoint), str(out_dir), "--seq-len", str(settings.seq_len)],
+                          capture_output=True, text=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=settings.timeout_s, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
+        return f"exit {done.returncode}: {' | '.join(tail)[:600]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "export.json").write_text(lines[-1])
+    return None
 
 
 def load_texts(path: Path) -> list[str]:
