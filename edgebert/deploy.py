@@ -17,6 +17,12 @@ Steps, each one remote command (so each failure is one line that says which step
    the device's architecture and CPU from step 1, device test outcome);
 5. `python -m pytest device_tests --bundles <bundles> [--budget ...]` on the device.
 
+Faults: the copy lands in `.incoming` and is renamed into place only when whole, so a full disk or a
+connection lost mid-copy installs nothing (the next run clears the staging). Each remote command ends by
+printing its exit status on a tagged stderr line, which tells a command killed on the device (status
+128 + N; its leftover processes are stopped too) from a dropped connection (ssh's 255 with no status
+line); either is one line naming the host and the step.
+
 Nothing goes through a local shell: ssh, scp-less tar streaming and adb are run with argument lists.
 What the remote shell sees is built here from fixed text plus values quoted one by one with
 shlex.quote (bundle names, paths, the Python command), so a name such as `a b;$(touch x)'"` arrives as
@@ -29,6 +35,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -43,6 +50,7 @@ DEFAULT_REMOTE_DIR = {"ssh": "~/edgebert-deploy", "adb": "/data/local/tmp/edgebe
 MARKER = ".edgebert-deploy"
 STAGING = ".incoming"  # the copy lands here, and is renamed to code/ and bundles/ only once it is whole
 _DIR_TAG = "@edgebert-remote-dir@"
+_STATUS_TAG = "@edgebert-exit-status@"
 CONNECT_TIMEOUT_S = 10
 REQUIRED_MODULES = {"numpy": "numpy", "tokenizers": "tokenizers", "click": "click", "pytest": "pytest"}
 RUNTIME_MODULES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
@@ -91,6 +99,15 @@ print(json.dumps({{"python": sys.version.split()[0], "ok_version": sys.version_i
 
 class DeployError(EdgebertError):
     """A deployment that could not be done or whose device tests failed (one line, exit 1)."""
+
+
+class ConnectionFailed(DeployError):
+    """The transport itself failed: the host cannot be reached, refused the login, or the connection dropped
+    while a command ran. `reason` is the transport's own words (ssh's last line)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 # --- the target ----------------------------------------------------------------------------------------
@@ -180,6 +197,44 @@ def _last_line(data) -> str:
     return lines[-1] if lines else ""
 
 
+def _with_status(command: str) -> str:
+    """The remote shell text that runs `command` and then reports how it ended, as a tagged last line on
+    stderr. The shell stays in charge: left alone, it would exec the command's last program, and a program
+    killed by a signal then reaches ssh as no exit status at all, which ssh reports as 255, the same as a
+    lost connection. After a death by signal, the rest of the command's process group (a benchmark's
+    worker, say) is sent SIGTERM, but only where the shell leads that group (sshd starts every command in
+    a session of its own), so nothing else on the device is touched."""
+    return "\n".join([
+        command,
+        "s=$?",
+        'if [ "$s" -gt 128 ] && [ "$(ps -o pgid= -p $$ 2>/dev/null | tr -d \' \')" = "$$" ]; then',
+        "  trap '' TERM; kill -s TERM -- -$$ 2>/dev/null",
+        "fi",
+        f"printf '\\n{_STATUS_TAG}%d\\n' \"$s\" >&2",
+        'exit "$s"',
+    ])
+
+
+def _completed(done: subprocess.CompletedProcess) -> tuple[subprocess.CompletedProcess, bool]:
+    """The command's own exit status and stderr (the status line taken out), and whether the status line
+    arrived, i.e. whether the remote command ran to its end (or was killed) with the connection alive."""
+    head, tag, tail = done.stderr.rpartition(f"\n{_STATUS_TAG}".encode())
+    status = tail.strip()
+    if not tag or not status.isdigit():
+        return done, False
+    return subprocess.CompletedProcess(done.args, int(status), done.stdout, head), True
+
+
+def killed_by(returncode: int) -> str | None:
+    """'SIGKILL' for a remote status of 137 (a shell's 128 + the signal's number), None for an exit."""
+    if not 128 < returncode < 128 + 65:
+        return None
+    try:
+        return signal.Signals(returncode - 128).name
+    except ValueError:
+        return f"signal {returncode - 128}"
+
+
 class SSHTransport:
     def __init__(self, target: Target, identity: Path | None, known_hosts: Path,
                  connect_timeout: float = CONNECT_TIMEOUT_S):
@@ -202,18 +257,22 @@ class SSHTransport:
         """Nothing to do: the first command fails with 255 when the host cannot be reached."""
 
     def run(self, command: str, *, stdin=None) -> subprocess.CompletedProcess:
-        """Run shell text on the device; stdout and stderr captured as bytes."""
-        done = subprocess.run([*self.args, command], stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True)
-        if done.returncode == 255:  # ssh's own failure (a remote command exiting 255 looks the same)
+        """Run shell text on the device; stdout and stderr captured as bytes; the remote command's own exit
+        status (128 + N when a signal killed it). ConnectionFailed when ssh itself failed: 255 without the
+        command's status line (the host was unreachable, or the connection dropped mid-command)."""
+        done = subprocess.run([*self.args, _with_status(command)],
+                              stdin=stdin if stdin is not None else subprocess.DEVNULL, capture_output=True)
+        done, ended = _completed(done)
+        if not ended and done.returncode == 255:
             reason = _last_line(done.stderr) or "ssh exited with status 255"
             reason = reason[5:] if reason.startswith("ssh: ") else reason
             if "Host key verification failed" in reason or "REMOTE HOST IDENTIFICATION HAS CHANGED" in \
                     done.stderr.decode("utf-8", "replace"):
-                raise DeployError(f"cannot reach {self.target} (its host key is not the one recorded in "
-                                  f"{self.known_hosts}; if the device was reinstalled, remove its line there)")
+                raise ConnectionFailed(f"cannot reach {self.target} (its host key is not the one recorded in "
+                                       f"{self.known_hosts}; if the device was reinstalled, remove its line "
+                                       "there)", "host key mismatch")
             verb = "log in to" if "Permission denied" in reason else "reach"
-            raise DeployError(f"cannot {verb} {self.target} ({reason})")
+            raise ConnectionFailed(f"cannot {verb} {self.target} ({reason})", reason)
         return done
 
     def upload(self, tar_path: Path, remote_dir: str) -> subprocess.CompletedProcess:
@@ -241,9 +300,11 @@ class ADBTransport:
             raise DeployError(f"cannot reach {self.target} ({reason})")
 
     def run(self, command: str, *, stdin=None) -> subprocess.CompletedProcess:
-        # `adb shell` hands its (single) argument to the device's /system/bin/sh, like ssh does.
-        return subprocess.run([*self.args, "shell", command], stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True)
+        # `adb shell` hands its (single) argument to the device's /system/bin/sh, like ssh does; the status
+        # line also gives the command's exit status where an old adb (before Android 7) always exits 0.
+        done = subprocess.run([*self.args, "shell", _with_status(command)],
+                              stdin=stdin if stdin is not None else subprocess.DEVNULL, capture_output=True)
+        return _completed(done)[0]
 
     def upload(self, tar_path: Path, remote_dir: str) -> subprocess.CompletedProcess:
         remote_tar = f"{remote_dir}/.upload.tar"  # adb push takes the path as is (no shell)
@@ -252,7 +313,7 @@ class ADBTransport:
         if pushed.returncode != 0:
             return pushed
         tar = shlex.quote(remote_tar)
-        return self.run(f"tar -xf {tar} -C {shlex.quote(remote_dir)}; status=$?; rm -f {tar}; exit $status")
+        return self.run(f"tar -xf {tar} -C {shlex.quote(remote_dir)}; status=$?; rm -f {tar}; (exit $status)")
 
     def read_file(self, remote_file: str) -> bytes | None:
         with tempfile.TemporaryDirectory(prefix="edgebert-pull-") as scratch:
@@ -323,6 +384,9 @@ class DeployOutcome:
 
     @property
     def tests_summary(self) -> str:
+        killer = killed_by(self.tests_exit_code)
+        if killer is not None:
+            return f"killed by {killer} on the device"
         return _last_line(self.tests_output).strip("= ") or f"pytest exited with code {self.tests_exit_code}"
 
     @property
@@ -471,6 +535,14 @@ def _python_command(python: str, code_dir: str, args: list[str]) -> str:
             f"{remote_path(python)} {' '.join(shlex.quote(str(arg)) for arg in args)}")
 
 
+def _step(transport, target: Target, step: str, command: str) -> subprocess.CompletedProcess:
+    """One remote command after the copy; a connection that drops meanwhile is one line naming the step."""
+    try:
+        return transport.run(command)
+    except ConnectionFailed as error:
+        raise DeployError(f"{target}: the connection was lost while {step} ({error.reason})") from None
+
+
 def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir: str | None = None,
            python: str = "python3", runs: int | None = None, threads: int | None = None,
            budget: Path | None = None, results_dir: Path = Path("results"),
@@ -514,16 +586,17 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
             f"({size / 1e6:.1f} MB) to {root}")
         try:
             done = transport.upload(payload, f"{root}/{STAGING}")
-        except DeployError as error:  # the connection dropped mid-copy
-            raise DeployError(f"{target}: copying to {root} failed ({str(error).removeprefix(f'cannot reach {target} (')}"
-                              f"{'' if str(error).endswith(')') else ')'}; nothing was installed, rerun to finish") from None
+        except ConnectionFailed as error:  # the connection dropped mid-copy: the staging stays until the next run
+            raise DeployError(f"{target}: copying to {root} failed ({error.reason}); nothing was installed, "
+                              "rerun to finish") from None
     if done.returncode != 0:
         transport.run(f"rm -rf {shlex.quote(f'{root}/{STAGING}')}")  # a full disk: give the space back
         raise DeployError(f"{target}: copying to {root} failed ({_tar_error(done.stderr, done.returncode)}); "
                           "nothing was installed")
     staged = shlex.quote(f"{root}/{STAGING}")
-    installed = transport.run(f"cd {shlex.quote(root)} && rm -rf code bundles results && mv {staged}/code code && "
-                              f"mv {staged}/bundles bundles && rmdir {staged} && mkdir results")
+    installed = _step(transport, target, "installing the copy",
+                      f"cd {shlex.quote(root)} && rm -rf code bundles results && mv {staged}/code code && "
+                      f"mv {staged}/bundles bundles && rmdir {staged} && mkdir results")
     if installed.returncode != 0:
         raise DeployError(f"{target}: installing the copy in {root} failed "
                           f"({_last_line(installed.stderr) or f'exit status {installed.returncode}'})")
@@ -532,16 +605,22 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
     options = [*(["--runs", str(runs)] if runs else []), *(["--threads", str(threads)] if threads else [])]
     log(f"benchmarking on {target}")
     bench_json = f"{remote_results}/bench.json"
-    bench = transport.run(_python_command(python, code_dir,
-                                          ["-m", "edgebert", "bench", *remote_bundles, "--json", bench_json, *options]))
+    bench = _step(transport, target, "benchmarking",
+                  _python_command(python, code_dir, ["-m", "edgebert", "bench", *remote_bundles, "--json", bench_json,
+                                                     *options]))
     bench_output = bench.stdout.decode("utf-8", "replace")
     bench_error = None
-    if bench.returncode != 0:
+    if killed_by(bench.returncode) is not None:
+        bench_error = f"killed by {killed_by(bench.returncode)} on the device"
+    elif bench.returncode != 0:
         why = _last_line(bench.stderr) or f"exit status {bench.returncode}"
         if "No such command" in why:
             why = f"the edgebert shipped to the device has no bench command ({why})"
         bench_error = why.removeprefix("error: ")
-    data = transport.read_file(bench_json)
+    try:
+        data = transport.read_file(bench_json)
+    except ConnectionFailed as error:
+        raise DeployError(f"{target}: the connection was lost while reading {bench_json} ({error.reason})") from None
 
     results_path, results = None, None
     if data is not None:
@@ -560,7 +639,7 @@ def deploy(host: str, bundle_paths, *, identity: Path | None = None, remote_dir:
     if budget is not None:
         test_args += ["--budget", f"{code_dir}/{_budget_name(budget)}"]
     test_args += options
-    tests = transport.run(_python_command(python, code_dir, test_args))
+    tests = _step(transport, target, "running the device tests", _python_command(python, code_dir, test_args))
     tests_output = (tests.stdout + tests.stderr).decode("utf-8", "replace")
 
     outcome = DeployOutcome(target=target, remote_dir=root, results_path=None, results=results,

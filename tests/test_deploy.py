@@ -2,7 +2,9 @@
 
 The "device" is this machine: the remote Python is sys.executable, the remote directory is in
 tmp_path. The server runs with throwaway host and client keys, its own config and its own pid file,
-and only that process is stopped afterwards. Skipped when OpenSSH (sshd, ssh, ssh-keygen) is missing.
+and only that process is stopped afterwards. The fault tests kill that server, or a command it runs,
+and only processes found by ancestry from its pid. Skipped when OpenSSH (sshd, ssh, ssh-keygen) is
+missing.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -31,63 +34,151 @@ HAVE_OPENSSH = Path(SSHD).is_file() and shutil.which("ssh") is not None and shut
 WEIRD = "b 1;$(touch pwned)'\"`touch pwned2`x"  # spaces, ;, $(...), quotes, backticks
 
 
-
-
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
+def _children() -> dict:
+    """pid -> its children's pids, for every process in /proc."""
+    tree = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            tree.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> list:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _argv(pid: int) -> list:
+    try:
+        return Path("/proc", str(pid), "cmdline").read_bytes().decode("utf-8", "replace").split("\0")[:-1]
+    except OSError:  # gone meanwhile
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited and not yet reaped, is not)."""
+    try:
+        return Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class SSHServer:
+    """OpenSSH's sshd on 127.0.0.1 with throwaway host and client keys, its own config and pid file; it
+    can be killed with every process it started and started again on the same port."""
+
+    def __init__(self, root: Path):
+        self.root, self.process, self.log = root, None, None
+        root.mkdir(parents=True, exist_ok=True)
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgebert-test", "-f",
+                            str(root / key)], check=True, capture_output=True)
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        self.port, self.key, self.user = _free_port(), root / "client_key", getpass.getuser()
+        self.host_key = (root / "host_key.pub").read_text().split()[1]
+        self.host = f"ssh://{self.user}@127.0.0.1:{self.port}"
+        self.config = root / "sshd_config"
+        self.config.write_text("\n".join([
+            "ListenAddress 127.0.0.1", f"Port {self.port}", f"HostKey {root / 'host_key'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
+            "UsePAM no", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", ""]))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self) -> None:
+        self.log = open(self.root / "sshd.log", "ab")
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                                        stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 15
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"sshd exited with {self.process.returncode}: {self._log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"sshd did not listen on {self.port}: {self._log_tail()}")
+                time.sleep(0.05)
+
+    def _log_tail(self) -> str:
+        return (self.root / "sshd.log").read_text(errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        """SIGKILL sshd and every process it started (one sshd per connection, and the commands they run),
+        as a lost connection or a power cut would end them. They are frozen first (SIGSTOP), the tree read
+        again until it stops growing, then killed: none escapes by being reparented meanwhile."""
+        frozen = set()
+        while True:
+            tree = {self.pid, *_descendants(self.pid)} - frozen
+            if not tree:
+                break
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+            frozen |= tree
+        _kill(frozen)
+        self.process.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def _start_sshd(root: Path) -> SSHServer:
     if not HAVE_OPENSSH:
         missing("OpenSSH is not installed (apt-get install openssh-server openssh-client)")
     try:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
     except OSError as error:
         missing(f"cannot create /run/sshd for sshd ({error.strerror})")
-    root = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgebert-test", "-f", str(root / key)],
-                       check=True, capture_output=True)
-    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    port = _free_port()
-    config = root / "sshd_config"
-    config.write_text("\n".join([
-        "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {root / 'host_key'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
-        "UsePAM no", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", ""]))
-    log = open(root / "sshd.log", "wb")
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                               stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sshd exited with {process.returncode}: {(root / 'sshd.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not listen on {port}: {(root / 'sshd.log').read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield SimpleNamespace(port=port, key=root / "client_key", user=getpass.getuser(),
-                              host_key=(root / "host_key.pub").read_text().split()[1],
-                              host=f"ssh://{getpass.getuser()}@127.0.0.1:{port}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    server = SSHServer(root)
+    server.start()
+    return server
 
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = _start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -351,3 +442,227 @@ def test_a_full_remote_disk_is_one_line_installs_nothing_and_a_rerun_completes(s
             assert _sha(remote / "bundles" / "tiny.s32" / file.name) == _sha(file)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# --- faults: the connection drops mid-copy, a remote command is killed --------------------------------
+
+class HoldingRelay:
+    """A TCP relay on 127.0.0.1 in front of sshd. Armed with hold(after=N), the next connection that sends
+    more than N bytes towards the server has its first N bytes forwarded and then no more: the ssh client's
+    writes back up as over a stalled link, and `held` is set. A connection ends, both ways, when either side
+    closes (when sshd is killed, its client sees the connection drop)."""
+
+    def __init__(self, server_port: int):
+        self.server_port, self.after, self.held = server_port, None, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets, self.lock = [], threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self, after: int) -> None:
+        self.after = after
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.server_port))
+            except OSError:
+                client.close()
+                continue
+            ended = threading.Event()
+            with self.lock:
+                self.sockets += [client, server]
+            threading.Thread(target=self._upstream, args=(client, server, ended), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client, ended), daemon=True).start()
+
+    @staticmethod
+    def _end(*sockets) -> None:
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other pump's recv
+            except OSError:
+                pass
+            sock.close()
+
+    def _upstream(self, client, server, ended) -> None:
+        sent = 0
+        try:
+            while data := client.recv(65536):
+                with self.lock:
+                    take = None if self.after is None or sent + len(data) <= self.after else self.after - sent
+                    if take is not None:
+                        self.after = None  # one connection only
+                if take is not None:
+                    server.sendall(data[:take])
+                    self.held.set()
+                    ended.wait()  # forward nothing more until the server side closes
+                    return
+                server.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            self._end(client, server)
+
+    def _downstream(self, server, client, ended) -> None:
+        try:
+            while data := server.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            ended.set()
+            self._end(server, client)
+
+    def close(self) -> None:
+        self.listener.close()
+        with self.lock:
+            self._end(*self.sockets)
+
+
+def _tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _wait_for(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+    return found
+
+
+def _deploy_process(args, env, stdout) -> subprocess.Popen:
+    """`edgebert deploy` as a process of its own (the test acts on the device while it runs)."""
+    return subprocess.Popen([sys.executable, "-m", "edgebert", *map(str, args)], cwd=REPO,
+                            env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
+    return errors[0]
+
+
+def test_a_connection_dropped_mid_copy_is_one_line_installs_nothing_and_a_rerun_completes(tiny_bundle, tmp_path,
+                                                                                          env):
+    """sshd, with every process it started, is killed while the copy streams, after a complete deploy of
+    another bundle: one line naming the host and the step; the earlier code/ and bundles/ stay as they
+    were, byte for byte; with sshd back, the same command completes and leaves neither the staging nor the
+    earlier bundle behind. The copy is held part-way by a relay in front of sshd (so it is caught mid-way
+    at any speed), and the kill waits for deploy's `copying` line, the relay's hold and files in the
+    staging."""
+    server = _start_sshd(tmp_path / "sshd")
+    relay = HoldingRelay(server.port)
+    try:
+        host = f"ssh://{server.user}@127.0.0.1:{relay.port}"
+        first, second = tmp_path / "local" / "first.s32", tmp_path / "local" / "second.s32"
+        shutil.copytree(tiny_bundle, first)
+        shutil.copytree(tiny_bundle, second)
+        remote, results_dir = tmp_path / "remote", tmp_path / "results"
+
+        def args(bundle):
+            return ["deploy", "--host", host, "--identity", server.key, "--python", sys.executable,
+                    "--remote-dir", remote, "--results", results_dir, "--runs", "3", bundle]
+
+        assert invoke(*args(first), env=env).exit_code == 0
+        # The first file in the copy's stream, changed on the device: a copy written over the installed
+        # code, even of the same source, would show.
+        init = remote / "code" / "edgebert" / "__init__.py"
+        init.write_text(init.read_text() + "# the first deploy's\n")
+        before = _tree_digest(remote / "code"), _tree_digest(remote / "bundles"), _tree_digest(remote / "results")
+        assert list(before[1]) == [f"first.s32/{p.name}" for p in sorted(tiny_bundle.iterdir())]
+
+        relay.hold(after=64 * 1024)  # the copy is more (edgebert's source alone is some 300 kB)
+        with open(tmp_path / "stdout", "w") as stdout:
+            process = _deploy_process(args(second), env, stdout)
+            try:
+                progress = []
+                while not (progress and progress[-1].startswith("copying 1 bundle and edgebert's source")):
+                    line = process.stderr.readline()
+                    assert line, f"deploy ended before the copy: {''.join(progress)}"
+                    progress.append(line)
+                assert relay.held.wait(60), "the copy never passed 64 kB"
+                _wait_for(lambda: any((remote / ".incoming").rglob("*")), "the copy to reach the staging")
+                server.kill()
+                stderr = "".join(progress) + process.stderr.read()
+                assert process.wait(60) == 1, stderr
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        assert (tmp_path / "stdout").read_text() == ""
+        line = _one_error_line(stderr)
+        assert line.startswith(f"error: {host}: copying to {remote} failed (") and \
+            line.endswith("); nothing was installed, rerun to finish"), line
+        assert (remote / ".incoming").is_dir()  # the part that arrived, where nothing runs it
+        assert (_tree_digest(remote / "code"), _tree_digest(remote / "bundles"),
+                _tree_digest(remote / "results")) == before
+
+        server.start()
+        result = invoke(*args(second), env=env)
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in remote.iterdir()) == [".edgebert-deploy", "bundles", "code", "results"]
+        assert _tree_digest(remote / "bundles") == {f"second.s32/{p.name}": _sha(p)
+                                                     for p in sorted(tiny_bundle.iterdir())}
+        assert (remote / "code" / "edgebert" / "__init__.py").read_text() == \
+            (REPO / "edgebert" / "__init__.py").read_text()
+        assert len(list(results_dir.iterdir())) == 2  # the first deploy's and the rerun's
+    finally:
+        relay.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("step", ["benchmark", "device tests"])
+def test_a_remote_command_killed_mid_run_is_one_line(step, sshd, tiny_bundle, tmp_path, env):
+    """The device's `python -m edgebert bench` (mid-run: its benchmark worker started) or `python -m pytest
+    device_tests` is SIGKILLed on the device: one line naming the host and the step, exit 1, and nothing it
+    started is left running there."""
+    remote, results_dir = tmp_path / "remote", tmp_path / "results"
+    runs = "100000" if step == "benchmark" else "3"  # a benchmark that runs until it is killed
+    args = ["deploy", "--host", sshd.host, "--identity", sshd.key, "--python", sys.executable,
+            "--remote-dir", remote, "--results", results_dir, "--runs", runs, tiny_bundle]
+    marker = ["-m", "edgebert", "bench"] if step == "benchmark" else ["-m", "pytest", "device_tests"]
+
+    def remote_command():
+        for pid in _descendants(sshd.pid):  # the Python process itself, not the shell that started it
+            argv = _argv(pid)
+            if argv[1:4] == marker and any(str(remote) in arg for arg in argv):
+                children = _descendants(pid)
+                if step == "device tests" or children:  # the benchmark: once its worker runs
+                    return pid, children
+        return None
+
+    started = []
+    with open(tmp_path / "stdout", "w") as stdout:
+        process = _deploy_process(args, env, stdout)
+        try:
+            pid, children = _wait_for(remote_command, f"the device's {step} command")
+            started = [pid, *children]
+            os.kill(pid, signal.SIGKILL)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            leftover = [p for p in started[1:] if _alive(p)]
+            _kill(started)
+    output = (tmp_path / "stdout").read_text()
+    assert process.returncode == 1, stderr
+    line = _one_error_line(stderr)
+    assert line == f"error: {sshd.host}: the {step} failed (killed by SIGKILL on the device)", line
+    assert leftover == [], [_argv(p) for p in leftover]
+    if step == "benchmark":  # no results to bring back; the device tests ran all the same
+        assert not results_dir.exists()
+        assert "3 passed, 1 skipped" in output
+    else:
+        [saved] = results_dir.iterdir()
+        tests = json.loads(saved.read_text())["deploy"]["device_tests"]
+        assert tests == {"exit_code": 137, "passed": False, "summary": "killed by SIGKILL on the device"}
