@@ -6,6 +6,11 @@ def _kb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
+def _subset(settings: dict) -> str:
+    examples = settings.get("max_train_examples")
+    return f", the first {examples:,} training examples only" if examples else ""
+
+
 def format_markdown(results: dict) -> str:
     lines = [f"# Compression on {results['data']}", "",
              f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. Accuracy from running "
@@ -13,28 +18,39 @@ def format_markdown(results: dict) -> str:
     for variant in results["variants"]:
         weights = "random initialization" if variant["random_weights"] else "pretrained"
         training, settings = variant["training"], variant["settings"]
-        lines += ["", f"## {variant['variant']} ({weights})", "",
+        shape = variant.get("shape")
+        described = (f", L={shape['layers']} H={shape['hidden']} A={shape['heads']} I={shape['intermediate']}, "
+                     f"vocab {shape['vocab_size']:,}" if shape else "")
+        lines += ["", f"## {variant['variant']} ({weights}{described})", "",
                   f"Training: {settings['epochs']} epochs for base (best: epoch {training['base_best_epoch']}), "
                   f"{settings['recover_epochs']} for each model made from it; batch {settings['batch_size']}, "
-                  f"learning rate {settings['learning_rate']:g}. Bundles at seq {settings['seq_len']}; "
+                  f"learning rate {settings['learning_rate']:g}, sequences up to {settings['max_seq_len']}"
+                  f"{_subset(settings)}. Bundles at seq {settings['seq_len']}; "
                   f"{settings['rounds']} rounds of {settings['runs']} runs.", "",
                   "| model | export | dev accuracy | Δ vs float (pt) | agree w/ float | agree w/ dyn-int8 | model "
                   "| bundle | zipped | p50 ms | speed-up | sparsity | vocab |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = variant["rows"]
-        flt = rows[0]
-        dyn = next(r for r in rows if r["model"] == "base" and r["mode"] == "dynamic-int8")
+        flt = next(r for r in rows if r["model"] == "base" and r["mode"] == "float32")
+        dyn = next((r for r in rows if r["model"] == "base" and r["mode"] == "dynamic-int8"), None)
         for row in rows:
             delta = 100 * (row["accuracy"] - flt["accuracy"])
             sparsity = f"{row['sparsity']:.0%}" if "sparsity" in row else ""
+            agreement = row["agreement_with_base_dynamic_int8"]
+            agreement = "" if agreement is None else f"{agreement:.1%}"
+            speedup = "" if dyn is None else f"{dyn['p50_ms'] / row['p50_ms']:.2f}×"
             lines.append(
                 f"| {row['model']} | {row['mode']} | {row['accuracy']:.2%} | {delta:+.2f} | "
-                f"{row['agreement_with_float32']:.1%} | {row['agreement_with_base_dynamic_int8']:.1%} | "
-                f"{_kb(row['model_bytes'])} | {_kb(row['bundle_bytes'])} | "
-                f"{_kb(row['zipped_bytes'])} | {row['p50_ms']:.2f} | {dyn['p50_ms'] / row['p50_ms']:.2f}× | "
+                f"{row['agreement_with_float32']:.1%} | {agreement} | {_kb(row['model_bytes'])} | "
+                f"{_kb(row['bundle_bytes'])} | {_kb(row['zipped_bytes'])} | {row['p50_ms']:.2f} | {speedup} | "
                 f"{sparsity} | {row['vocab_size']:,} |")
         for row in variant.get("failed", []):
             lines.append(f"| {row['model']} | {row['mode']} | failed: {row['error']} |||||||||||")
+        mixed = [row for row in rows if (row.get("quantization") or {}).get("mixed_precision")]
+        if mixed:
+            lines.append("")
+        for row in mixed:
+            lines.append(f"- {row['model']} {row['mode']}: {row['quantization']['mixed_precision']}.")
         trims = [row for row in rows if row.get("trim")]
         if trims:
             lines.append("")
@@ -47,6 +63,7 @@ def format_markdown(results: dict) -> str:
         lines += ["", "| target | measured | met |", "|---|---:|---|"]
         for target in variant["targets"]:
             value = target["value"]
-            shown = f"{value:.2%}" if "predictions" in target["target"] else f"{value:g}"
+            shown = ("failed (above)" if value is None else f"{value:.2%}" if "predictions" in target["target"]
+                     else f"{value:g}")
             lines.append(f"| {target['target']} | {shown} | {'yes' if target['met'] else '**no**'} |")
     return "\n".join(lines) + "\n"

@@ -25,6 +25,9 @@ class Settings:
     learning_rate: float = 3e-4
     max_seq_len: int = 128  # training
     seq_len: int = 128  # bundles
+    base_modes: tuple = ("float32", "dynamic-int8", "int8")  # base's exports (QuantizeMode values)
+    models: tuple | None = None  # the models made from base (PRUNED's names, in its order); None: all
+    calibration_size: int = 200  # full int8: training sentences to calibrate on
     trim_max_tokens: int = 9634  # the row budget: 2.5x smaller BERT-Tiny dynamic-int8 model
     runs: int = 100  # timed runs per bundle and round
     rounds: int = 3
@@ -32,6 +35,30 @@ class Settings:
     checkpoints: dict = field(default_factory=dict)  # variant name -> path (else random, or fetched)
     pretrained: bool = False
     max_train_examples: int | None = None  # quick runs only
+
+    def __post_init__(self):
+        from converters.export import QuantizeMode
+
+        unknown = [name for name in self.models or () if name not in PRUNED]
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r} (choose from {', '.join(PRUNED)})")
+        for mode in self.base_modes:
+            QuantizeMode.parse(mode)
+        if "float32" not in self.base_modes:
+            raise ValueError("the base modes must include float32: every row is compared with it")
+        if self.calibration_size < 1:
+            raise ValueError(f"the calibration size must be at least 1, got {self.calibration_size}")
+
+    @property
+    def derived(self) -> list[str]:
+        """The models made from base, in PRUNED's order."""
+        return [name for name in PRUNED if self.models is None or name in self.models]
+
+    @property
+    def rows(self) -> list[tuple[str, str]]:
+        """(model, export mode) rows of the table, in order: base in each of its modes, then every
+        model made from it in dynamic int8."""
+        return [("base", mode) for mode in self.base_modes] + [(name, "dynamic-int8") for name in self.derived]
 
 
 # name -> (steps after base, as recipe step tables, or None for base itself)
@@ -46,10 +73,40 @@ PRUNED = {
 # The text each trim keeps pieces (and labels) for: the task's sentences, unlabelled. The held-out trim
 # never sees dev, so its dev agreement shows what text outside the corpus can expect.
 TRIM_CORPUS = {"vocab-trimmed": ("train.tsv", "dev.tsv"), "vocab-trimmed-heldout": ("train.tsv",)}
-# (model, export mode) rows of the table, in order.
-ROWS = [("base", "float32"), ("base", "dynamic-int8"), ("base", "int8"), ("unstructured-50", "dynamic-int8"),
-        ("unstructured-80", "dynamic-int8"), ("2:4", "dynamic-int8"), ("structured-50", "dynamic-int8"),
-        ("vocab-trimmed", "dynamic-int8"), ("vocab-trimmed-heldout", "dynamic-int8")]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target the run checks and reports (never asserts) on one row of the table.
+    kind: "points" |Δ accuracy vs float32| <= limit; "drop" Δ >= -limit; "speedup" base dynamic int8's
+    p50 / the row's >= limit; "smaller" base dynamic int8's model bytes / the row's >= limit; "agreement"
+    the share of dev predictions equal to base dynamic int8's >= limit. A row whose export failed misses
+    its targets; a row the run did not make has none."""
+
+    text: str
+    kind: str
+    model: str
+    mode: str
+    limit: float
+
+
+# The Google miniatures from random or pretrained weights (the README's first tables).
+MINIATURE_TARGETS = (
+    Target("dynamic int8 within 0.5 points of float32", "points", "base", "dynamic-int8", 0.5),
+    Target("structured-50 + dynamic int8 within 1.5 points of float32", "drop", "structured-50", "dynamic-int8", 1.5),
+    Target("structured-50 >= 1.6x faster than base dynamic int8", "speedup", "structured-50", "dynamic-int8", 1.6),
+    Target("vocab trim: model >= 2.5x smaller than base dynamic int8", "smaller", "vocab-trimmed", "dynamic-int8", 2.5),
+    Target("vocab trim: same predictions as base dynamic int8 on dev", "agreement", "vocab-trimmed", "dynamic-int8",
+           1.0),
+)
+# A real pretrained model given with --source (issue 11: MiniLM fine-tuned on SST-2).
+SOURCE_TARGETS = (
+    Target("dynamic int8 within 0.3 points of float32", "points", "base", "dynamic-int8", 0.3),
+    Target("full int8 converts by default, within 1.0 point of float32", "points", "base", "int8", 1.0),
+    Target("dynamic int4 within 1.0 point of float32", "points", "base", "dynamic-int4", 1.0),
+    Target("structured-50 + dynamic int8 within 2.0 points of float32", "drop", "structured-50", "dynamic-int8", 2.0),
+    Target("structured-50 >= 1.6x faster than base dynamic int8", "speedup", "structured-50", "dynamic-int8", 1.6),
+)
 
 
 def _recipe(name: str, steps: list[dict]):
@@ -61,11 +118,22 @@ def _recipe(name: str, steps: list[dict]):
 
 @dataclass(frozen=True)
 class Shape:
-    """A model shape to benchmark: a grid variant's name and config, or a custom one (smoke tests)."""
+    """A model shape to benchmark: a grid variant's name and config, a custom one (smoke tests), or a
+    source of one's own (a Hugging Face / sentence-transformers folder, or any checkpoint edgebert reads),
+    whose shape is its config's."""
 
     name: str
     config: object  # converters.config.BertConfig
-    vocab: tuple  # the vocab a random checkpoint of this shape gets
+    vocab: tuple  # the vocab a random checkpoint of this shape gets (a source's own: unused)
+    source: Path | None = None  # start from this checkpoint
+    targets: tuple = MINIATURE_TARGETS
+
+
+def source_shape(name: str, path: Path) -> Shape:
+    """A shape for the checkpoint at `path`, read from its config (SourceError when edgebert cannot read it)."""
+    from converters.sources import load_source
+
+    return Shape(name, load_source(path).config, (), source=Path(path), targets=SOURCE_TARGETS)
 
 
 def grid_shape(variant) -> Shape:
@@ -86,6 +154,8 @@ def _real_vocab() -> Path | None:
 
 def _checkpoint(shape: Shape, settings: Settings, work: Path, log) -> Path | str:
     """The starting checkpoint: given, fetched (pretrained) or random in Google's layout."""
+    if shape.source is not None:
+        return shape.source
     if shape.name in settings.checkpoints:
         return settings.checkpoints[shape.name]
     if settings.pretrained:
@@ -114,7 +184,8 @@ def build_checkpoints(variant: Shape, settings: Settings, work: Path, log, progr
     base = run_steps(_recipe("base", [{"kind": "finetune"}]), start, work / "base", inputs, log=log,
                      progress=progress, step_overrides={"finetune": _train_options(settings, settings.epochs)})
     made = {"base": Path(base)}
-    for name, steps in PRUNED.items():
+    for name in settings.derived:
+        steps = PRUNED[name]
         overrides = {"finetune": {**_train_options(settings, settings.recover_epochs),
                                   **({"teacher": Path(base)} if name == "structured-50" else {})},
                      "trim-vocab": {"max_tokens": settings.trim_max_tokens}}
@@ -127,15 +198,16 @@ def build_checkpoints(variant: Shape, settings: Settings, work: Path, log, progr
 
 def _calibration_text(settings: Settings, work: Path) -> Path:
     """Full int8 is calibrated on the task's own training sentences (the default, samples/, is general
-    English): 200 of them, drawn with the run's seed."""
+    English): calibration_size of them (200 by default), drawn with the run's seed."""
     import numpy as np
 
     from edgebert.tasks import load_task
 
-    path = work / "calibration.txt"
+    size = settings.calibration_size
+    path = work / ("calibration.txt" if size == 200 else f"calibration-{size}.txt")
     if not path.is_file():
         texts = load_task(settings.data / "train.tsv").texts
-        chosen = np.random.default_rng(settings.seed).permutation(len(texts))[:200]
+        chosen = np.random.default_rng(settings.seed).permutation(len(texts))[:size]
         lines = [texts[i] if isinstance(texts[i], str) else texts[i][0] for i in chosen]
         path.write_text("\n".join(line.replace("\n", " ") for line in lines) + "\n", encoding="utf-8")
     return path
@@ -143,27 +215,61 @@ def _calibration_text(settings: Settings, work: Path) -> Path:
 
 def _bundle(checkpoint: Path, out: Path, mode: str, settings: Settings, calibration: Path, log) -> dict:
     """Convert (evaluated on dev by running the .tflite), reusing a finished bundle of the same checkpoint.
-    An export that fails its validation is recorded as {"error": ...}, and the run goes on."""
+    An export that fails (its validation refuses it, or the converter gives up) is recorded as
+    {"error": the one-line message the CLI would print}, and the run goes on. The failure is kept beside
+    the bundle (<bundle>.failed.json), so that a rerun with the same inputs and the same converter code
+    does not try again; a changed converter tries again."""
     from converters.export import QuantizeMode
     from converters.pipeline import ConvertOptions, convert
     from converters.sources import load_source
-    from edgebert.errors import ValidationError
+    from edgebert.errors import EdgebertError
 
     source = load_source(checkpoint)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest["source"]["sha256"] == source.sha256 and manifest["recipe"]["quantize"] == mode:
+        recipe = manifest["recipe"]
+        if (manifest["source"]["sha256"] == source.sha256 and recipe["quantize"] == mode
+                and recipe["seq_len"] == settings.seq_len
+                and (mode != "int8" or recipe.get("calibration") == str(calibration))):
             return manifest
     options = ConvertOptions(quantize=QuantizeMode(mode), seq_len=settings.seq_len, force=True,
                              eval_file=settings.data / "dev.tsv", calibration_file=calibration,
-                             calibration_size=200)
+                             calibration_size=settings.calibration_size)
+    failure = out.with_name(out.name + ".failed.json")
+    identity = {"source_sha256": source.sha256, "mode": mode, "seq_len": settings.seq_len,
+                "calibration": calibration.name if mode == "int8" else None, "converters": _converter_digest()}
+    if failure.is_file():
+        recorded = json.loads(failure.read_text())
+        if recorded.get("identity") == identity:
+            log(f"{out.name}: failed before with the same inputs: {recorded['error']}")
+            return {"error": recorded["error"]}
     log(f"converting {out.name}")
+    started = time.perf_counter()
     try:
-        return convert(checkpoint, out, options, log=lambda message: None, source=source).manifest
-    except ValidationError as error:
-        log(f"{out.name}: {error}")
-        return {"error": str(error)}
+        manifest = convert(checkpoint, out, options, log=lambda message: None, source=source).manifest
+    except EdgebertError as error:
+        message = str(error)
+        log(f"{out.name}: {type(error).__name__}: {message}")
+        _write_json(failure, {"identity": identity, "error": message,
+                              "seconds": round(time.perf_counter() - started, 1)})
+        return {"error": message}
+    failure.unlink(missing_ok=True)
+    log(f"{out.name}: converted in {time.perf_counter() - started:.0f} s, dev accuracy "
+        f"{manifest['evaluation']['metrics']['accuracy']:.4f}")
+    return manifest
+
+
+def _converter_digest() -> str:
+    """The sha256 of the converter's code (converters/, every file): a failed export is tried again once
+    the code that refused it has changed."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[2] / "converters"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _sizes(bundle: Path) -> dict:
@@ -196,10 +302,21 @@ def _latencies(bundles: dict[str, Path], settings: Settings, log) -> dict[str, d
             for name, values in p50s.items()}
 
 
-def _predictions(bundle: Path, dev) -> list[int]:
-    from edgebert.evaluate import evaluate_bundle
+def _predictions(bundle: Path, manifest: dict, dev, cache: Path) -> list[int]:
+    """The bundle's class index for each dev example, from model.tflite; kept in `cache` and reused while
+    they match the manifest's predictions_sha256 (a rerun that only re-times runs no model on dev)."""
+    from edgebert.evaluate import evaluate_bundle, predictions_sha256
 
-    return evaluate_bundle(bundle, dev)["predictions"]
+    expected = manifest["evaluation"]["predictions_sha256"]
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if predictions_sha256(kept) == expected:
+            return kept
+    predictions = [int(p) for p in evaluate_bundle(bundle, dev)["predictions"]]
+    if predictions_sha256(predictions) == expected:  # else the manifest's record is not this run's: no cache
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(cache, predictions)
+    return predictions
 
 
 def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) -> dict:
@@ -210,7 +327,7 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
     checkpoints = build_checkpoints(variant, settings, work, log, progress)
     bundles, manifests, failed = {}, {}, []
     calibration = _calibration_text(settings, work)
-    for model, mode in ROWS:
+    for model, mode in settings.rows:
         key = f"{model} {mode}"
         path = out / "bundles" / variant.name / f"{model.replace(':', 'of')}.{mode}"
         manifest = _bundle(checkpoints[model], path, mode, settings, calibration, log)
@@ -219,9 +336,12 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
             continue
         manifests[key], bundles[key] = manifest, path
     dev = load_task(settings.data / "dev.tsv")
-    predictions = {key: _predictions(path, dev) for key, path in bundles.items()}
-    latency = _latencies(bundles, settings, log)
+    predictions = {key: _predictions(path, manifests[key], dev, work / "predictions" / f"{path.name}.json")
+                   for key, path in bundles.items()}
     float_key, int8_key = "base float32", "base dynamic-int8"
+    if float_key not in bundles:
+        raise RuntimeError(f"{variant.name}: the float32 export failed ({failed[0]['error']}); nothing to compare with")
+    latency = _latencies(bundles, settings, log)
     rows = []
     for key, path in bundles.items():
         model, mode = key.rsplit(" ", 1)
@@ -231,11 +351,13 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
                "accuracy": manifest["evaluation"]["metrics"]["accuracy"],
                **_sizes(path), **latency[key],
                "agreement_with_float32": _agreement(predictions[key], predictions[float_key]),
-               "agreement_with_base_dynamic_int8": _agreement(predictions[key], predictions[int8_key]),
+               "agreement_with_base_dynamic_int8": (_agreement(predictions[key], predictions[int8_key])
+                                                    if int8_key in predictions else None),
                "parameters": manifest["sizes"]["parameters"], "vocab_size": manifest["model"]["vocab_size"],
                "layer_heads": manifest["model"].get("layer_heads"),
                "layer_intermediate_sizes": manifest["model"].get("layer_intermediate_sizes"),
-               "steps": [entry["step"] for entry in history]}
+               "steps": [entry["step"] for entry in history],
+               "quantization": _quantization_summary(manifest)}
         pruning = next((e["pruning"] for e in reversed(history) if e.get("step") == "finetune" and e.get("pruning")),
                        None)
         if pruning:
@@ -248,7 +370,8 @@ def run_variant(variant: Shape, settings: Settings, out: Path, log, progress) ->
             row["trim"]["kept_predictions"] = trim.get("kept_predictions")
         rows.append(row)
     base_record = manifests[float_key]["source"]["history"][-1]
-    return {"variant": variant.name, "rows": rows, "failed": failed, "targets": check_targets(rows),
+    return {"variant": variant.name, "rows": rows, "failed": failed,
+            "targets": check_targets(rows, variant.targets, failed), "shape": _shape_record(variant),
             "training": {"base_best_epoch": base_record["best_epoch"], "base_epochs": len(base_record["epochs"]),
                          "base_dev": base_record["dev_metrics"], "options": base_record["options"]},
             "random_weights": manifests[float_key]["source"]["random_weights"],
@@ -259,25 +382,56 @@ def _agreement(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
-def check_targets(rows: list[dict]) -> list[dict]:
+def check_targets(rows: list[dict], targets: tuple = MINIATURE_TARGETS, failed: list[dict] = ()) -> list[dict]:
+    """Each target of the rows the run made: {"target", "value", "met"}; a row whose export failed gives
+    {"value": None, "met": False, "error": its message}. A target whose row (or reference row) the run did
+    not make is left out."""
     by = {(r["model"], r["mode"]): r for r in rows}
-    flt, dyn = by[("base", "float32")], by[("base", "dynamic-int8")]
-    structured, trimmed = by[("structured-50", "dynamic-int8")], by[("vocab-trimmed", "dynamic-int8")]
-    points = lambda row: 100 * (row["accuracy"] - flt["accuracy"])  # noqa: E731
-    speedup = dyn["p50_ms"] / structured["p50_ms"]
-    smaller = dyn["model_bytes"] / trimmed["model_bytes"]
-    return [
-        {"target": "dynamic int8 within 0.5 points of float32", "value": round(points(dyn), 2),
-         "met": abs(points(dyn)) <= 0.5},
-        {"target": "structured-50 + dynamic int8 within 1.5 points of float32", "value": round(points(structured), 2),
-         "met": points(structured) >= -1.5},
-        {"target": "structured-50 >= 1.6x faster than base dynamic int8", "value": round(speedup, 2),
-         "met": speedup >= 1.6},
-        {"target": "vocab trim: model >= 2.5x smaller than base dynamic int8", "value": round(smaller, 2),
-         "met": smaller >= 2.5},
-        {"target": "vocab trim: same predictions as base dynamic int8 on dev",
-         "value": trimmed["agreement_with_base_dynamic_int8"], "met": trimmed["agreement_with_base_dynamic_int8"] == 1.0},
-    ]
+    errors = {(r["model"], r["mode"]): r["error"] for r in failed}
+    flt, dyn = by.get(("base", "float32")), by.get(("base", "dynamic-int8"))
+    checked = []
+    for target in targets:
+        key = (target.model, target.mode)
+        if key in errors:
+            checked.append({"target": target.text, "value": None, "met": False, "error": errors[key]})
+            continue
+        row = by.get(key)
+        reference = flt if target.kind in ("points", "drop") else dyn
+        if row is None or reference is None:
+            continue
+        if target.kind in ("points", "drop"):
+            value = round(100 * (row["accuracy"] - flt["accuracy"]), 2)
+            met = abs(value) <= target.limit if target.kind == "points" else value >= -target.limit
+        elif target.kind == "speedup":
+            value = round(dyn["p50_ms"] / row["p50_ms"], 2)
+            met = value >= target.limit
+        elif target.kind == "smaller":
+            value = round(dyn["model_bytes"] / row["model_bytes"], 2)
+            met = value >= target.limit
+        else:  # agreement
+            value = row["agreement_with_base_dynamic_int8"]
+            met = value >= target.limit
+        checked.append({"target": target.text, "value": value, "met": met})
+    return checked
+
+
+def _quantization_summary(manifest: dict) -> dict:
+    """Which tool quantized the model, how many layers ended at each precision, and the mixed-precision
+    search's one line when it ran."""
+    quantization = manifest.get("quantization") or {}
+    precisions: dict[str, int] = {}
+    for layer in quantization.get("layers", []):
+        precisions[layer["precision"]] = precisions.get(layer["precision"], 0) + 1
+    mixed = quantization.get("mixed_precision") or {}
+    return {"tool": quantization.get("tool"), "layer_precisions": precisions,
+            "mixed_precision": mixed.get("summary") if mixed.get("searched") else None}
+
+
+def _shape_record(shape: Shape) -> dict:
+    config = shape.config
+    return {"layers": config.num_layers, "hidden": config.hidden_size, "heads": config.num_heads,
+            "intermediate": config.intermediate_size, "vocab_size": config.vocab_size,
+            "source": str(shape.source) if shape.source is not None else None}
 
 
 def run(settings: Settings, out: Path, log: Callable[[str], None], progress=None) -> dict:
