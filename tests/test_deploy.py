@@ -572,7 +572,8 @@ def test_a_connection_dropped_mid_copy_is_one_line_installs_nothing_and_a_rerun_
             return ["deploy", "--host", host, "--identity", server.key, "--python", sys.executable,
                     "--remote-dir", remote, "--results", results_dir, "--runs", "3", bundle]
 
-        assert invoke(*args(first), env=env).exit_code == 0
+        result = invoke(*args(first), env=env)
+        assert result.exit_code == 0, result.output
         # The first file in the copy's stream, changed on the device: a copy written over the installed
         # code, even of the same source, would show.
         init = remote / "code" / "edgebert" / "__init__.py"
