@@ -417,7 +417,7 @@ def run_soak(model, feeds: list, calls: int) -> dict:
 
     every = max(1, calls // SOAK_SAMPLES)
     # [calls done, VmRSS kB, RssAnon kB, RssFile kB], allocated up front: the sampler itself must not grow
-    samples = np.zeros((calls // every + 2, 1 + len(_SOAK_FIELDS)), dtype=np.int64)
+    samples = np.full((calls // every + 2, 1 + len(_SOAK_FIELDS)), -1, dtype=np.int64)
     taken = 0
 
     def sample(done: int):
@@ -428,7 +428,9 @@ def run_soak(model, feeds: list, calls: int) -> dict:
             taken += 1
 
     order = soak_order(feeds, calls)
-    timings = np.empty(calls, dtype=np.int64)
+    # Filled now, not reserved: np.empty leaves the pages untouched, and the kernel would map them in
+    # during the soak, 8 bytes a call, which the soak would report as the model's growth.
+    timings = np.full(calls, -1, dtype=np.int64)
     sample(0)
     for index in range(calls):
         feed = feeds[order[index]]
