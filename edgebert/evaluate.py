@@ -3,9 +3,10 @@
 `evaluate_bundle(bundle_dir, task_data)` opens a classifier bundle, tokenizes each example of a labelled
 GLUE-style task (`edgebert.tasks.load_task`; a path or a loaded `TaskData`) with the bundle's own
 tokenizer.json at the bundle's sequence length (each text alone, as `edgebert predict` does), runs
-model.tflite with the device-side interpreter, takes the argmax of `logits` and scores it with the
-task's metrics. `edgebert convert --eval DEV.tsv` runs the same code on the freshly exported model
-before the bundle is written and records `manifest_record(result)` under the manifest's "evaluation".
+model.tflite with the device-side interpreter, takes the argmax of its `probabilities` (of an older
+bundle's `logits`: the same class) and scores it with the task's metrics. `edgebert convert --eval
+DEV.tsv` runs the same code on the freshly exported model before the bundle is written and records
+`manifest_record(result)` under the manifest's "evaluation".
 
 Result: {"task" (e.g. "SST-2"; None for a file of no known GLUE task), "kind" ("single"/"pair"),
 "file", "file_sha256", "examples", "examples_in_file", "seq_len", "metrics" {name: value},
@@ -29,6 +30,7 @@ from edgebert import tokenizer as tokenization
 from edgebert.bundle import MANIFEST_FILE, file_sha256, read_bundle
 from edgebert.errors import BundleError, UsageError
 from edgebert.interpreter import TFLiteModel
+from edgebert.scores import LOGITS, PROBABILITIES, class_probabilities
 from edgebert.tasks import TaskData, load_task, metrics
 
 MEASURED_WITH = "model.tflite"
@@ -103,13 +105,11 @@ def evaluate_model(model_path: str | os.PathLike, tokenizer_path: str | os.PathL
     predictions = []
     for done, text in enumerate(texts, start=1):
         outputs = model(**tokenization.encode(tokenizer, [text], seq_len, buckets=model.lengths))
-        if "logits" not in outputs:
-            raise BundleError(f"classifier model has no 'logits' output (has {sorted(outputs)})", model_path)
-        logits = np.asarray(outputs["logits"]).reshape(-1)
-        if logits.size != num_labels:
-            raise BundleError(f"model gives {logits.size} logits but the classifier has {num_labels} labels",
+        scores = class_probabilities(outputs, model_path)
+        if scores.size != num_labels:
+            raise BundleError(f"model gives {scores.size} scores but the classifier has {num_labels} labels",
                               model_path)
-        predictions.append(int(np.argmax(logits)))
+        predictions.append(int(np.argmax(scores)))
         if progress is not None and (done % step == 0 or done == total):
             progress(done, total)
     return {"task": task_data.task, "kind": task_data.kind.value, "file": str(task_data.path),
@@ -123,11 +123,12 @@ def bundle_num_labels(bundle) -> int:
     """The classifier's label count from the manifest's I/O contract; a UsageError for an encoder bundle."""
     if bundle.manifest.get("head") != "classifier":
         raise UsageError(f"is an {bundle.manifest.get('head') or 'unknown-head'} bundle with no classifier head "
-                         "(no logits to score); evaluation needs a classifier bundle", bundle.path)
+                         "(no labels to score); evaluation needs a classifier bundle", bundle.path)
     for output in bundle.manifest.get("io", {}).get("outputs", []):
-        if output.get("name") == "logits" and output.get("shape"):
+        if output.get("name") in (PROBABILITIES, LOGITS) and output.get("shape"):
             return int(output["shape"][-1])
-    raise BundleError("classifier manifest has no 'logits' output in io.outputs", bundle.path / MANIFEST_FILE)
+    raise BundleError(f"classifier manifest has no {PROBABILITIES!r} (or older {LOGITS!r}) output in io.outputs",
+                      bundle.path / MANIFEST_FILE)
 
 
 def evaluate_bundle(bundle_dir: str | os.PathLike, task_data: TaskData | str | os.PathLike, *,

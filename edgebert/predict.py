@@ -4,7 +4,9 @@ sentence-embedding bundles, and semantic search (`rank`) with a sentence-embeddi
 Each text is tokenized with the bundle's own tokenizer.json (a fixed bundle pads to its length, a dynamic
 one uses the text's own length) and run alone (the models take batch 1).
 
-Classifier result: {"text", "label", "probability", "probabilities" {label: p, highest first}, "logits"}.
+Classifier result: {"text", "label", "probability", "probabilities" {label: p, highest first}}, and "logits"
+for an older bundle whose model gives logits (a classifier's model.tflite gives `probabilities`, the
+softmax in the graph that MediaPipe's TextClassifier also reads: edgebert.scores).
 Encoder result: {"text", "dim", "norm" (of pooled_output), "head" (its first 4 values), "tokens",
 "pooled_output" [H], "mean_sequence_output" [H] (sequence_output averaged over the real tokens)}.
 Sentence-embedding result: {"text", "dim", "norm", "head", "tokens", "sentence_embedding" [H],
@@ -25,6 +27,7 @@ import reprlib
 import numpy as np
 
 from edgebert.errors import BundleError, UsageError
+from edgebert.scores import LOGITS, PROBABILITIES, class_probabilities, softmax  # noqa: F401 - softmax: API
 
 
 def check_texts(texts) -> list:
@@ -46,12 +49,6 @@ def check_texts(texts) -> list:
             if not part.strip():
                 raise UsageError(f"text {index + 1} is empty")
     return texts
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
-    exp = np.exp(shifted)
-    return exp / exp.sum()
 
 
 HEADS = ("classifier", "encoder", "sentence-embedding")
@@ -117,17 +114,16 @@ def predict(bundle_dir: str | os.PathLike, texts: list, *, threads: int | None =
 
 
 def _classify(text, outputs: dict, bundle) -> dict:
-    if "logits" not in outputs:
-        raise BundleError(f"classifier model has no 'logits' output (has {sorted(outputs)})", bundle.model_path)
-    logits = np.asarray(outputs["logits"], dtype=np.float64).reshape(-1)
-    labels = bundle.labels or [str(index) for index in range(len(logits))]
-    if len(labels) != len(logits):
-        raise BundleError(f"manifest has {len(labels)} labels but the model gives {len(logits)} logits",
+    probabilities = class_probabilities(outputs, bundle.model_path)
+    labels = bundle.labels or [str(index) for index in range(len(probabilities))]
+    if len(labels) != len(probabilities):
+        raise BundleError(f"manifest has {len(labels)} labels but the model gives {len(probabilities)} scores",
                           bundle.path / "manifest.json")
-    probabilities = softmax(logits)
     ranked = sorted(zip(labels, probabilities.tolist()), key=lambda item: -item[1])
-    return {"text": text, "label": ranked[0][0], "probability": ranked[0][1],
-            "probabilities": dict(ranked), "logits": logits.tolist()}
+    result = {"text": text, "label": ranked[0][0], "probability": ranked[0][1], "probabilities": dict(ranked)}
+    if LOGITS in outputs and PROBABILITIES not in outputs:
+        result[LOGITS] = np.asarray(outputs[LOGITS], dtype=np.float64).reshape(-1).tolist()
+    return result
 
 
 def _embed(text, outputs: dict, mask: np.ndarray, bundle) -> dict:

@@ -154,7 +154,8 @@ def _pairs(texts: list[str]) -> list[tuple[str, str]]:
 @click.argument("texts", nargs=-1, metavar="[TEXT]...")
 @click.option("--pair", is_flag=True, help="Each text is a sentence pair: first<TAB>second.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list: probabilities and logits, or the full embedding vectors.")
+              help="Print a JSON list: label probabilities (and logits, from an older bundle that gives them), "
+                   "or the full embedding vectors.")
 @click.option("--threads", default=None, type=int, help="Interpreter threads (default: the runtime's choice).")
 @click.option("--timeout", default=None, type=float,
               help="Seconds allowed for loading and running the model before it is stopped (default: no limit).")
@@ -273,7 +274,7 @@ def evaluate(bundle, task_file, limit, text_columns, label_column, threads, as_j
     """Score a classifier BUNDLE's model.tflite on a labelled task file (accuracy, F1, Matthews).
 
     Each example is tokenized with the bundle's own tokenizer at its sequence length and run through the
-    device's TFLite interpreter; the argmax of the logits is scored with the task's GLUE metrics. Needs
+    device's TFLite interpreter; the most probable label is scored with the task's GLUE metrics. Needs
     only the device-side install (no TensorFlow). The model runs in a child process, so a damaged model
     that crashes the interpreter is one error line.
     """
