@@ -9,18 +9,25 @@ every output tensor as one classification head or one embedding, and applies no 
 MediaPipe sees, per head:
 
     head                task            the one output
-    classifier          TextClassifier  `probabilities`: a SOFTMAX appended to `logits`
+    classifier          TextClassifier  `probabilities`: a SOFTMAX appended to the logits in the graph
     sentence-embedding  TextEmbedder    `sentence_embedding`, the graph edgebert runs, unchanged
     encoder             TextEmbedder    `pooled_output` (`sequence_output` dropped: it would be a second
                                         embedding of S x H values)
 
-A sentence-embedding bundle's own model.tflite carries the metadata (`edgebert convert` writes it; the
-interpreter ignores metadata, so edgebert's runner is unaffected). Classifier and encoder bundles keep
-the contract edgebert's runner, validation and device tests read (`logits`; `sequence_output` +
-`pooled_output`), and `edgebert export-mediapipe BUNDLE --out FILE` writes their MediaPipe file: the
-same graph and weights plus the SOFTMAX (classifier) or minus an output (encoder), with the metadata.
-The vocabulary packed is always the bundle's own (after `trim-vocab`, the trimmed one).
+`edgebert convert` gives a classifier's model.tflite the `probabilities` output in every signature
+(`with_probabilities`: the SOFTMAX goes after whatever the mode made of the logits, so float16, int8,
+int4, --compat and mixed-precision exports all get it; edgebert's runner, validation and device tests
+read it, and still read `logits` from older bundles). A classifier's and a sentence-embedding bundle's
+own model.tflite then carries the metadata (the interpreter ignores metadata, so edgebert's runner is
+unaffected) when the model is uncased, has one length and MediaPipe's writers are installed; otherwise
+the manifest's `mediapipe` record says why not. An encoder bundle keeps both of its outputs, and
+`edgebert export-mediapipe BUNDLE --out FILE` writes its MediaPipe file (the same graph minus
+`sequence_output`, with the metadata), as it does for a bundle without metadata of any head (an older
+classifier's `logits` get the SOFTMAX there; a bucketed model keeps its longest length). The vocabulary
+packed is always the bundle's own (after `trim-vocab`, the trimmed one).
 
+The graph is edited with the TFLite schema of ai-edge-litert (the device side's runtime, the newest
+schema here: an older one would drop the fields it does not know when the model is packed again).
 The metadata is written by MediaPipe's own writers (`mediapipe.tasks.python.metadata.metadata_writers`
 in PyPI `mediapipe` 1.2.3), imported here without running `mediapipe/__init__.py` (which imports cv2
 and matplotlib) and without TensorFlow, with a stand-in for the native module the 1.2.3 wheel lacks
@@ -43,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebert.errors import BundleError, UsageError
+from edgebert.scores import LOGITS, PROBABILITIES
 
 MEDIAPIPE_VERSION = "1.2.3"
 INSTALL_HINT = f"pip install --no-deps mediapipe=={MEDIAPIPE_VERSION}"
@@ -52,7 +60,7 @@ SIGNATURE = "serving_default"
 INPUTS = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "segment_ids"}  # edgebert -> MediaPipe
 NEEDED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 VOCAB_FILE = "vocab.txt"
-TASKS = {"classifier": ("TextClassifier", "probabilities"),
+TASKS = {"classifier": ("TextClassifier", PROBABILITIES),
          "sentence-embedding": ("TextEmbedder", "sentence_embedding"),
          "encoder": ("TextEmbedder", "pooled_output")}
 EXPORT_COMMAND = "edgebert export-mediapipe BUNDLE --out FILE"
@@ -132,6 +140,36 @@ def writers_available() -> bool:
 
 # --- the graph MediaPipe runs ---------------------------------------------------------------------------
 
+def _schema():
+    """ai-edge-litert's TFLite schema (object API) and its flatbuffer helpers, as converters/quantize.py uses
+    them: they also read the buffers a large model stores past the flatbuffer."""
+    try:
+        from ai_edge_litert import schema_py_generated
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError as error:
+        raise UsageError(f"editing a .tflite needs ai-edge-litert's schema ({error}): pip install ai-edge-litert") \
+            from None
+    return schema_py_generated, flatbuffer_utils
+
+
+def _unpack(model_bytes: bytes, where):
+    _, utils = _schema()
+    try:
+        return utils.read_model_from_bytearray(bytearray(model_bytes))
+    except Exception as error:  # noqa: BLE001 - a corrupt flatbuffer raises anything
+        raise BundleError(f"not a TFLite model ({type(error).__name__}: {error})", where) from None
+
+
+def _pack(model) -> bytes:
+    """The model's bytes; buffer data as numpy arrays, which the flatbuffers builder copies whole (as
+    converters/quantize.py's _serialize does)."""
+    _, utils = _schema()
+    for buffer in model.buffers or []:
+        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
+            buffer.data = np.frombuffer(bytes(buffer.data), np.uint8)
+    return bytes(utils.convert_object_to_bytearray(model))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A single-output model ready for its metadata, and the model's names MediaPipe's writer needs."""
@@ -146,13 +184,8 @@ def single_output_model(model_bytes: bytes, head: str, where: str | os.PathLike)
     its packed files removed. `where` names the model in errors."""
     if head not in TASKS:
         raise UsageError(f"head {head!r} has no MediaPipe task (expected one of {', '.join(TASKS)})", where)
-    fb = import_mediapipe("mediapipe.tasks.metadata.schema_py_generated")
-    import flatbuffers
-
-    try:
-        model = fb.ModelT.InitFromPackedBuf(bytes(model_bytes), 0)
-    except Exception as error:  # noqa: BLE001 - a corrupt flatbuffer raises anything
-        raise BundleError(f"not a TFLite model ({type(error).__name__}: {error})", where) from None
+    fb, _ = _schema()
+    model = _unpack(model_bytes, where)
     signature = next((s for s in model.signatureDefs or [] if _text(s.signatureKey) == SIGNATURE), None)
     if signature is None:
         raise BundleError(f"model has no {SIGNATURE!r} signature", where)
@@ -178,24 +211,24 @@ def single_output_model(model_bytes: bytes, head: str, where: str | os.PathLike)
 
     outputs = {_text(item.name): int(item.tensorIndex) for item in signature.outputs or []}
     _, output = TASKS[head]
-    if head == "classifier":
-        if "logits" not in outputs:
-            raise BundleError(f"classifier model has no 'logits' output (has {sorted(outputs)})", where)
-        kept = _append_softmax(fb, model, outputs["logits"])
-    else:
-        if output not in outputs:
-            raise BundleError(f"{head} model has no {output!r} output (has {sorted(outputs)})", where)
-        kept = outputs[output]
+    if head == "classifier" and output not in outputs:  # an older bundle's model: logits only
+        if LOGITS not in outputs:
+            raise BundleError(f"classifier model has neither {output!r} nor {LOGITS!r} output (has "
+                              f"{sorted(outputs)})", where)
+        _give_probabilities(fb, model, graph, signature, where)
+        outputs = {_text(item.name): int(item.tensorIndex) for item in signature.outputs}
+    if output not in outputs:
+        raise BundleError(f"{head} model has no {output!r} output (has {sorted(outputs)})", where)
+    kept = outputs[output]
     graph.outputs = np.array([kept], dtype=np.int32)
     entry = fb.TensorMapT()
     entry.name, entry.tensorIndex = output, kept
     signature.outputs = [entry]
     _drop_metadata(fb, model)
 
-    builder = flatbuffers.Builder(len(model_bytes) + 1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
+    packed = _pack(model)
     names = {name: _text(graph.tensors[index].name) for name, index in inputs.items()}
-    return Prepared(bytes(builder.Output()), names, output, None if length < 0 else length)
+    return Prepared(packed, names, output, None if length < 0 else length)
 
 
 def _keep_only_signature(model, signature, where) -> None:
@@ -222,9 +255,54 @@ def _type_name(fb, code: int) -> str:
     return next((name for name, value in vars(fb.TensorType).items() if value == code), str(code)).lower()
 
 
-def _append_softmax(fb, model, logits: int) -> int:
-    """probabilities = SOFTMAX(logits, beta 1): a new tensor and operator at the end of the graph."""
-    graph = model.subgraphs[0]
+# --- a classifier's probabilities -----------------------------------------------------------------------
+
+def with_probabilities(model_bytes: bytes, where: str | os.PathLike = "model.tflite") -> bytes:
+    """A classifier model whose every signature (a model with length buckets has one per length) gives
+    `probabilities`, a SOFTMAX of its logits appended in the graph, in place of `logits`: what MediaPipe's
+    TextClassifier reports as scores, and what `edgebert convert` ships. The SOFTMAX reads the float32
+    logits whatever the mode made of the layers before them. Checked on the interpreter before it is
+    returned: the new output is the softmax of the old one at every length."""
+    fb, _ = _schema()
+    model = _unpack(model_bytes, where)
+    if not model.signatureDefs:
+        raise BundleError("model has no signatures", where)
+    changed = False
+    for signature in model.signatureDefs:
+        names = [_text(item.name) for item in signature.outputs or []]
+        if names == [PROBABILITIES]:
+            continue
+        if names != [LOGITS]:
+            raise BundleError(f"signature {_text(signature.signatureKey)!r} of a classifier should give "
+                              f"{LOGITS!r} alone, not {names}", where)
+        index = int(signature.subgraphIndex)
+        if not 0 <= index < len(model.subgraphs):
+            raise BundleError(f"signature {_text(signature.signatureKey)!r} names subgraph {index}, which does "
+                              f"not exist", where)
+        _give_probabilities(fb, model, model.subgraphs[index], signature, where)
+        changed = True
+    if not changed:
+        return bytes(model_bytes)
+    packed = _pack(model)
+    _check_probabilities(model_bytes, packed, where)
+    return packed
+
+
+def _give_probabilities(fb, model, graph, signature, where) -> None:
+    """Append SOFTMAX(logits) to `graph` and make it the signature's and the graph's output in place of them."""
+    [entry] = [item for item in signature.outputs if _text(item.name) == LOGITS]
+    logits = int(entry.tensorIndex)
+    source = graph.tensors[logits]
+    if source.type != fb.TensorType.FLOAT32:
+        raise BundleError(f"the classifier's logits are {_type_name(fb, source.type)}; the SOFTMAX that gives "
+                          f"its probabilities reads float32", where)
+    probabilities = _append_softmax(fb, model, graph, logits)
+    graph.outputs = np.array([probabilities if int(i) == logits else int(i) for i in graph.outputs], dtype=np.int32)
+    entry.name, entry.tensorIndex = PROBABILITIES, probabilities
+
+
+def _append_softmax(fb, model, graph, logits: int) -> int:
+    """probabilities = SOFTMAX(logits, beta 1): a new tensor and operator at the end of `graph`."""
     code = next((i for i, c in enumerate(model.operatorCodes)
                  if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.SOFTMAX), None)
     if code is None:
@@ -236,7 +314,7 @@ def _append_softmax(fb, model, logits: int) -> int:
     source = graph.tensors[logits]
     model.buffers.append(fb.BufferT())  # an activation: an empty buffer of its own
     tensor = fb.TensorT()
-    tensor.name, tensor.type, tensor.buffer = "probabilities", fb.TensorType.FLOAT32, len(model.buffers) - 1
+    tensor.name, tensor.type, tensor.buffer = PROBABILITIES, fb.TensorType.FLOAT32, len(model.buffers) - 1
     tensor.shape = np.array(source.shape, dtype=np.int32)
     if source.shapeSignature is not None:
         tensor.shapeSignature = np.array(source.shapeSignature, dtype=np.int32)
@@ -250,6 +328,34 @@ def _append_softmax(fb, model, logits: int) -> int:
     operator.builtinOptions.beta = 1.0
     graph.operators.append(operator)
     return len(graph.tensors) - 1
+
+
+PROBE_LENGTH = 8  # the length a dynamic model is probed at
+
+
+def _check_probabilities(before: bytes, after: bytes, where) -> None:
+    """Both models on the interpreter, at each of their lengths: `probabilities` must be the softmax of
+    `logits` within 1e-5 (the rewrite touched nothing else). The ids are the vocabulary's first four
+    tokens, which every BERT vocabulary has."""
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.scores import softmax
+
+    with tempfile.TemporaryDirectory(prefix="edgebert-probabilities-") as scratch:
+        paths = [Path(scratch) / name for name in ("logits.tflite", "probabilities.tflite")]
+        for path, data in zip(paths, (before, after)):
+            path.write_bytes(data)
+        original, rewritten = (TFLiteModel(path) for path in paths)
+        worst = 0.0
+        for length in rewritten.lengths or (PROBE_LENGTH,):
+            feed = {"input_ids": (np.arange(length) % 4)[None].astype(np.int32),
+                    "attention_mask": np.ones((1, length), np.int32),
+                    "token_type_ids": np.zeros((1, length), np.int32)}
+            want = softmax(np.asarray(original(**feed)[LOGITS]).reshape(-1))
+            got = np.asarray(rewritten(**feed)[PROBABILITIES], dtype=np.float64).reshape(-1)
+            worst = max(worst, float(np.abs(got - want).max()))
+    if not worst <= 1e-5:
+        raise BundleError(f"the model's probabilities differ from the softmax of its logits by {worst:.3g} "
+                          f"(limit 1e-5)", where)
 
 
 def _drop_metadata(fb, model) -> None:
@@ -279,12 +385,16 @@ def check_vocab(vocab: list[str], where: str | os.PathLike) -> None:
 def mediapipe_model(model_bytes: bytes, *, head: str, vocab: list[str], labels: list[str] | None = None,
                     lowercase: bool = True, name: str = "", where: str | os.PathLike = "model.tflite") -> bytes:
     """The model as MediaPipe runs it (see the module docstring), with its metadata packed in."""
-    if not lowercase:
-        raise UsageError("is a cased model, and MediaPipe's BERT tokenizer lower-cases every text: it would "
-                         "feed this model other ids than its own tokenizer", where)
+    _check_lowercase(lowercase, where)
     check_vocab(vocab, where)
     prepared = single_output_model(model_bytes, head, where)
     return write_metadata(prepared, head=head, vocab=vocab, labels=labels, name=name, where=where)
+
+
+def _check_lowercase(lowercase: bool, where) -> None:
+    if not lowercase:
+        raise UsageError("is a cased model, and MediaPipe's BERT tokenizer lower-cases every text: it would "
+                         "feed this model other ids than its own tokenizer", where)
 
 
 def write_metadata(prepared: Prepared, *, head: str, vocab: list[str], labels: list[str] | None = None,
@@ -362,11 +472,16 @@ DYNAMIC_NOTE = ("dynamic length: MediaPipe feeds each text at its own length and
 def for_convert(model_bytes: bytes, *, head: str, tokenizer, labels: list[str], lowercase: bool,
                 seq_len: int | None, name: str, log=lambda message: None,
                 buckets: tuple[int, ...] = ()) -> tuple[bytes, dict]:
-    """What `edgebert convert` does: a sentence-embedding model gets its metadata in model.tflite itself
-    (when MediaPipe's writers are installed and the model is uncased), with the vocabulary of the bundle's
-    `tokenizer`; other heads are left as they are and the record says how to export their MediaPipe
-    file. Returns (the model's bytes, the manifest's `mediapipe` record)."""
-    if head != "sentence-embedding":
+    """What `edgebert convert` does: a classifier's logits become `probabilities` in every signature
+    (with_probabilities); then a classifier or sentence-embedding model gets its metadata in model.tflite
+    itself (when it has one length, is uncased and MediaPipe's writers are installed), with the vocabulary
+    of the bundle's `tokenizer`; an encoder is left as it is. The record says how to export the MediaPipe
+    file where model.tflite is not it, and why. Returns (the model's bytes, the manifest's `mediapipe`
+    record)."""
+    where = name or "model.tflite"
+    if head == "classifier":
+        model_bytes = with_probabilities(model_bytes, where)
+    if head not in ("classifier", "sentence-embedding"):
         return model_bytes, what_mediapipe_sees(head, seq_len, None, buckets=buckets)
     reason = None
     if buckets:
@@ -379,9 +494,9 @@ def for_convert(model_bytes: bytes, *, head: str, tokenizer, labels: list[str], 
     if reason:
         log(f"note: {reason}")
         return model_bytes, what_mediapipe_sees(head, seq_len, None, reason=reason, buckets=buckets)
-    vocab = vocab_in_id_order(tokenizer.get_vocab(with_added_tokens=True), name)
+    vocab = vocab_in_id_order(tokenizer.get_vocab(with_added_tokens=True), where)
     with_metadata = mediapipe_model(model_bytes, head=head, vocab=vocab, labels=labels, lowercase=lowercase,
-                                    name=name, where=name or "model.tflite")
+                                    name=name, where=where)
     record = what_mediapipe_sees(head, seq_len, "model.tflite", metadata_bytes=len(with_metadata) - len(model_bytes))
     return with_metadata, record
 
@@ -404,8 +519,11 @@ def vocab_in_id_order(ids: dict[str, int], where: str | os.PathLike) -> list[str
 
 def export_bundle(bundle_dir: str | os.PathLike, out_file: str | os.PathLike, *, force: bool = False) -> dict:
     """Write BUNDLE's model as MediaPipe runs it to out_file (atomically), after checking that it gives the
-    bundle model's own outputs on golden.json's inputs (a classifier: the softmax of its logits)."""
+    bundle model's own outputs on golden.json's inputs (a classifier: its probabilities, or the softmax
+    of an older bundle's logits). A bundle whose model.tflite already carries the metadata (`edgebert
+    convert` wrote it) has it copied byte for byte, and the summary's notes say so."""
     from edgebert.bundle import read_bundle
+    from edgebert.model_info import read_tflite
 
     bundle = read_bundle(bundle_dir)
     out_file = Path(out_file)
@@ -422,8 +540,17 @@ def export_bundle(bundle_dir: str | os.PathLike, out_file: str | os.PathLike, *,
     lowercase = bool((bundle.manifest.get("tokenizer") or {}).get("lowercase", True))
     vocab = bundle_vocab(bundle.tokenizer_path)
     source = bundle.model_path.read_bytes()
-    model = mediapipe_model(source, head=head, vocab=vocab, labels=bundle.labels, lowercase=lowercase,
-                            name=bundle.manifest.get("name") or bundle.path.name, where=bundle.path)
+    _check_lowercase(lowercase, bundle.path)
+    notes = []
+    ready = (bundle.manifest.get("mediapipe") or {}).get("file") == "model.tflite" and \
+        read_tflite(source, bundle.model_path)["metadata"] is not None
+    if ready:
+        model = source
+        notes.append(f"{bundle.model_path} already carries MediaPipe's metadata (edgebert convert wrote it): "
+                     f"MediaPipe runs it as it is, and {out_file} is a copy of it")
+    else:
+        model = mediapipe_model(source, head=head, vocab=vocab, labels=bundle.labels, lowercase=lowercase,
+                                name=bundle.manifest.get("name") or bundle.path.name, where=bundle.path)
     worst = _check_against_bundle(bundle, model, head)
     staging = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
     try:
@@ -432,17 +559,19 @@ def export_bundle(bundle_dir: str | os.PathLike, out_file: str | os.PathLike, *,
     finally:
         staging.unlink(missing_ok=True)
     task, output = TASKS[head]
+    if bundle.seq_len is None:
+        notes.append(DYNAMIC_NOTE)
     return {"file": str(out_file), "bytes": len(model), "bundle_model_bytes": len(source), "task": task,
             "output": output, "seq_len": bundle.seq_len or "dynamic", "labels": bundle.labels if head == "classifier"
-            else [], "vocab_size": len(vocab), "max_abs_diff": worst,
-            "notes": [DYNAMIC_NOTE] if bundle.seq_len is None else []}
+            else [], "vocab_size": len(vocab), "max_abs_diff": worst, "copied": ready, "notes": notes}
 
 
 def _check_against_bundle(bundle, model: bytes, head: str) -> float:
     """Run the bundle's model.tflite and the MediaPipe model on golden.json's ids: the output MediaPipe
-    sees must be the bundle's (a classifier's: the softmax of its logits) within 1e-5."""
+    sees must be the bundle's (a classifier's probabilities: its own, or the softmax of its logits)
+    within 1e-5."""
     from edgebert.interpreter import TFLiteModel
-    from edgebert.predict import softmax
+    from edgebert.scores import class_probabilities
 
     # The MediaPipe model has the bundle's longest length only (length buckets have golden examples at each).
     examples = [e for e in (bundle.golden.get("examples") or []) if e.get("text_pair") is None
@@ -460,7 +589,7 @@ def _check_against_bundle(bundle, model: bytes, head: str) -> float:
             feed = {name: np.asarray([example[name]], dtype=np.int32) for name in INPUTS}
             want = original(**feed)
             got = np.asarray(exported(**feed)[output], dtype=np.float64).reshape(-1)
-            expected = softmax(np.asarray(want["logits"]).reshape(-1)) if head == "classifier" \
+            expected = class_probabilities(want, bundle.model_path) if head == "classifier" \
                 else np.asarray(want[output], dtype=np.float64).reshape(-1)
             worst = max(worst, float(np.abs(got - expected).max()))
     if not worst <= 1e-5:

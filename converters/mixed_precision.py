@@ -279,7 +279,7 @@ def _summary(result: SearchResult, layers: list[Layer], baseline: int, mode, eva
                       for step, names in steps.items())
     cost = len(result.best.model) - baseline
     worst = min(((name, entry) for name, entry in result.best.report.items() if "min_cosine" in entry
-                 and name != "logits"), key=lambda item: item[1]["min_cosine"], default=None)
+                 and "argmax_agreement" not in entry), key=lambda item: item[1]["min_cosine"], default=None)
     figure = f"; {worst[0]} min cos {worst[1]['min_cosine']:.5f}" if worst else ""
     return (f"mixed precision: {len(result.raised)} of {len(layers)} layers raised ({shown}), "
             f"{cost:+,} bytes ({cost / baseline:+.1%}) over all-{mode.value}{figure}; {evaluations} candidates measured")

@@ -270,7 +270,8 @@ def _io_contract(lengths: tuple, config, num_labels: int, pooling: SentencePooli
     inputs = [{"name": name, "dtype": "int32", "shape": shape}
               for name in ("input_ids", "attention_mask", "token_type_ids")]
     if num_labels:
-        outputs = [{"name": "logits", "dtype": "float32", "shape": [1, num_labels]}]
+        # the softmax of the logits, appended in the graph (converters/mediapipe_metadata.with_probabilities)
+        outputs = [{"name": "probabilities", "dtype": "float32", "shape": [1, num_labels]}]
     elif pooling is not None:
         outputs = [{"name": "sentence_embedding", "dtype": "float32", "shape": [1, config.hidden_size]}]
     else:
@@ -357,7 +358,8 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
             options.mixed_precision_budget, check, Path(scratch), log)
         model_bytes, validation = quantized.model, quantized.validation
-        # A sentence embedding carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
+        # A classifier's logits become probabilities (a SOFTMAX in the graph); a classifier or sentence embedding
+        # carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
         model_bytes, mediapipe = mediapipe_metadata.for_convert(
             model_bytes, head="classifier" if num_labels else "sentence-embedding" if pooling else "encoder",
             tokenizer=tokenizer, labels=labels, lowercase=source.lowercase, seq_len=seq_len, name=out_dir.name, log=log,

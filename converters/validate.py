@@ -11,16 +11,17 @@ import numpy as np
 
 from converters.export import QuantizeMode
 from edgebert.errors import ValidationError
+from edgebert.scores import LOGITS, PROBABILITIES
 
 
 @dataclass(frozen=True)
 class Thresholds:
     min_cosine: float  # worst example's cosine, per encoder output
     min_agreement: float  # share of examples whose classifier argmax matches the float model
-    # Classifier logits are checked by their probabilities, not their cosine: for a text the classifier
-    # is unsure of, the logits of two labels sit near each other and their cosine can be anything
-    # (a full-int8 SST-2 model scored -0.9996 on such a text while its probabilities moved by little).
-    max_probability_diff: float  # worst |softmax(float) - softmax(export)| over examples and labels
+    # A classifier is checked by its probabilities, not its logits' cosine: for a text the classifier is
+    # unsure of, the logits of two labels sit near each other and their cosine can be anything (a
+    # full-int8 SST-2 model scored -0.9996 on such a text while its probabilities moved by little).
+    max_probability_diff: float  # worst |softmax(float) - export's probabilities| over examples and labels
 
 
 THRESHOLDS = {
@@ -36,6 +37,10 @@ THRESHOLDS = {
 POOLED_MIN_COSINE = {QuantizeMode.FLOAT32: 0.99999, QuantizeMode.FLOAT16: 0.999,
                      QuantizeMode.DYNAMIC_INT8: 0.999, QuantizeMode.INT8: 0.98, QuantizeMode.DYNAMIC_INT4: 0.99}
 POOLED_OUTPUTS = ("pooled_output", "sentence_embedding")
+# A classifier's output is compared under the name `edgebert convert` ships it, PROBABILITIES: the float
+# model gives logits, the export gives probabilities (a SOFTMAX appended in the graph,
+# converters/mediapipe_metadata.py) or, before the SOFTMAX is appended (the mixed-precision search's
+# candidates), logits. Both sides are compared as probabilities.
 
 
 def _cosines(expected: np.ndarray, actual: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -54,10 +59,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
 
 
+def as_probabilities(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs with a classifier's `logits` replaced by their softmax, `probabilities`."""
+    if LOGITS not in outputs or PROBABILITIES in outputs:
+        return outputs
+    return {(PROBABILITIES if name == LOGITS else name): (_softmax(np.asarray(value)) if name == LOGITS else value)
+            for name, value in outputs.items()}
+
+
 def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray],
                     attention_mask: np.ndarray) -> dict[str, dict]:
-    """Per output: max and mean absolute difference, worst and mean cosine (and argmax agreement for
-    logits). Outputs are [N, ...] arrays over the same N examples."""
+    """Per output: max and mean absolute difference, worst and mean cosine (and, for a classifier's
+    probabilities, argmax agreement and the max probability difference, which is their max absolute
+    difference). Outputs are [N, ...] arrays over the same N examples; logits on either side are
+    compared as their softmax."""
+    expected, actual = as_probabilities(expected), as_probabilities(actual)
     report = {}
     for name, want in expected.items():
         got = actual[name]
@@ -66,9 +82,9 @@ def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarra
         diff = np.abs(want - got) if mask is None else np.abs(want - got)[attention_mask.astype(bool)]
         entry = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                  "min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean())}
-        if name == "logits":
+        if name == PROBABILITIES:
             entry["argmax_agreement"] = float((want.argmax(-1) == got.argmax(-1)).mean())
-            entry["max_probability_diff"] = float(np.abs(_softmax(want) - _softmax(got)).max())
+            entry["max_probability_diff"] = float(diff.max())
         report[name] = entry
     return report
 
@@ -78,7 +94,7 @@ def check_thresholds(report: dict[str, dict], mode: QuantizeMode) -> dict:
     limits = THRESHOLDS[mode]
     applied = {}
     for name, entry in report.items():
-        if name == "logits":
+        if name == PROBABILITIES:
             applied[name] = {"max_probability_diff": limits.max_probability_diff}
             if entry["max_probability_diff"] > limits.max_probability_diff:
                 raise ValidationError(f"{name} max probability difference vs float ({mode.value})",
@@ -102,7 +118,7 @@ def shortfall(report: dict[str, dict], mode: QuantizeMode) -> float:
     1 where check_thresholds passes; the mixed-precision search ranks layers and mixes by it."""
     limits, ratios = THRESHOLDS[mode], []
     for name, entry in report.items():
-        if name == "logits":
+        if name == PROBABILITIES:
             ratios.append(entry["max_probability_diff"] / limits.max_probability_diff)
             ratios.append(_ratio(1 - entry["argmax_agreement"], 1 - limits.min_agreement))
         else:

@@ -236,11 +236,11 @@ def test_convert_classifier_with_labels(classifier_run):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{out}  (") and ", float32, " in result.stdout
     validated = result.stderr.splitlines()[-1]
-    assert validated.startswith("validated: logits: min cos ") and ", argmax agreement " in validated
+    assert validated.startswith("validated: probabilities: min cos ") and ", argmax agreement " in validated
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["head"] == "classifier" and manifest["labels"] == ["x", "y", "z"]
     assert manifest["recipe"]["quantize"] == "float32"
-    assert [o["name"] for o in manifest["io"]["outputs"]] == ["logits"]
+    assert [o["name"] for o in manifest["io"]["outputs"]] == ["probabilities"]
 
 
 def test_convert_refuses_an_existing_bundle_without_force(encoder_run, tiny_checkpoint):

@@ -108,17 +108,76 @@ def test_dynamic_sequence_length(tiny_checkpoint, tmp_path):
         assert _cosine(out["pooled_output"], _reference_outputs(tiny_checkpoint, encoded)["pooled_output"]) > 0.999
 
 
-def test_classifier_bundle_has_logits_and_labels(tiny_classifier_checkpoint, tmp_path):
+def test_classifier_bundle_gives_probabilities_and_labels(tiny_classifier_checkpoint, tmp_path):
     from edgebert.bundle import read_bundle
 
     result = _convert(tiny_classifier_checkpoint, tmp_path / "b", labels=("neg", "neutral", "pos"))
     bundle = read_bundle(tmp_path / "b")
     assert bundle.manifest["head"] == "classifier" and bundle.labels == ["neg", "neutral", "pos"]
-    assert bundle.output_names == ["logits"]
-    assert "argmax_agreement" in result.manifest["validation"]["outputs"]["logits"]
+    assert bundle.output_names == ["probabilities"]
+    assert "argmax_agreement" in result.manifest["validation"]["outputs"]["probabilities"]
+    assert list(bundle.golden["examples"][0]["outputs"]) == ["probabilities"]
     encoder = _convert(tiny_classifier_checkpoint, tmp_path / "enc", head="encoder")
     assert encoder.manifest["head"] == "encoder"
     assert "output_weights" in encoder.manifest["source"]["unused_variables"]
+
+
+def ends_in_softmax(model_path) -> bool:
+    """Every subgraph's one output is made by a SOFTMAX, its graph's last operator, reading float32."""
+    from pathlib import Path
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(model_path).read_bytes()))
+    for graph in model.subgraphs:
+        last = graph.operators[-1]
+        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[last.opcodeIndex])
+        if (code != schema.BuiltinOperator.SOFTMAX or list(graph.outputs) != list(last.outputs)
+                or graph.tensors[last.inputs[0]].type != schema.TensorType.FLOAT32):
+            return False
+    return True
+
+
+CLASSIFIER_EXPORTS = {  # every way a classifier's graph is made: the SOFTMAX goes after each
+    "float32": {"quantize": "float32"}, "float16": {"quantize": "float16"},
+    "dynamic-int8": {"quantize": "dynamic-int8"}, "int8": {"quantize": "int8"},
+    "dynamic-int4": {"quantize": "dynamic-int4"},
+    "compat": {"quantize": "dynamic-int8", "compat": "tflite-runtime-2.14"},
+    "dynamic": {"quantize": "dynamic-int8", "seq_len": None},
+}
+
+
+@pytest.mark.parametrize("export", list(CLASSIFIER_EXPORTS))
+def test_every_classifier_export_gives_the_softmax_of_its_logits(tiny_classifier_checkpoint, tmp_path, export):
+    """model.tflite's one output is `probabilities`: a float32 SOFTMAX after the graph's last layer, equal
+    to the softmax of the independent numpy BERT's logits within the mode's probability threshold."""
+    from converters.export import Compat, QuantizeMode
+    from converters.validate import THRESHOLDS
+    from edgebert import tokenizer as tokenization
+    from edgebert.bundle import read_bundle
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.model_info import read_tflite
+    from edgebert.predict import softmax
+
+    options = dict(CLASSIFIER_EXPORTS[export])
+    if "compat" in options:
+        options["compat"] = Compat(options["compat"])
+    _convert(tiny_classifier_checkpoint, tmp_path / "b", **options)
+    bundle = read_bundle(tmp_path / "b")
+    model = TFLiteModel(bundle.model_path)
+    assert model.output_names == ("probabilities",) and ends_in_softmax(bundle.model_path)
+    [graph] = read_tflite(bundle.model_path.read_bytes(), bundle.model_path)["subgraphs"]
+    assert [(t["name"], t["dtype"]) for t in graph["outputs"]] == [("probabilities", "float32")]
+    assert bundle.manifest["io"]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [1, 3]}]
+    tokenizer = tokenization.load_tokenizer(bundle.tokenizer_path)
+    limit = THRESHOLDS[QuantizeMode(options["quantize"])].max_probability_diff
+    for text in ["The film was a delight from start to finish.", ("Is it open?", "The shop opens at nine.")]:
+        encoded = tokenization.encode(tokenizer, [text], bundle.seq_len)
+        got = model(**encoded)["probabilities"][0].astype(np.float64)
+        assert abs(got.sum() - 1) <= 1e-6 and (got >= 0).all()
+        want = softmax(_reference_outputs(tiny_classifier_checkpoint, encoded, num_labels=3)["logits"])
+        assert np.abs(got - want).max() <= limit
 
 
 def test_classifier_head_requested_on_an_encoder_checkpoint(tiny_checkpoint, tmp_path):
@@ -201,20 +260,27 @@ def test_manifest_records_the_contract(tiny_checkpoint, tmp_path):
 def test_classifier_logits_are_checked_by_probability_not_cosine():
     from converters.export import QuantizeMode
     from converters.validate import check_thresholds, compare_outputs
+    from edgebert.predict import softmax
 
-    # Nine texts the classifier is sure of, and one it cannot decide on whose logits flip sign: cosine -1,
-    # probabilities moved by 0.025.
+    # Nine texts the classifier is sure of, and one it cannot decide on whose logits flip sign (their cosine
+    # is -1) while its probabilities move by 0.025. The float model gives logits; the export gives
+    # probabilities (or logits, before the SOFTMAX is appended): both are compared as probabilities.
     confident = np.tile(np.array([[2.0, -2.0]], np.float32), (9, 1))
     expected = np.vstack([confident, [[0.02, -0.02]]])
     actual = np.vstack([confident, [[-0.03, 0.03]]])
-    report = compare_outputs({"logits": expected}, {"logits": actual}, np.ones((10, 4), np.int32))
-    assert report["logits"]["min_cosine"] < -0.99
-    assert report["logits"]["max_probability_diff"] == pytest.approx(0.025, abs=1e-3)
-    assert check_thresholds(report, QuantizeMode.INT8)["logits"] == {"max_probability_diff": 0.2,
-                                                                      "argmax_agreement": 0.8}
+    mask = np.ones((10, 4), np.int32)
+    report = compare_outputs({"logits": expected}, {"probabilities": np.stack([softmax(row) for row in actual])}, mask)
+    from_logits = compare_outputs({"logits": expected}, {"logits": actual}, mask)
+    assert list(from_logits) == ["probabilities"]
+    assert report["probabilities"] == pytest.approx(from_logits["probabilities"], rel=1e-9, abs=1e-12)
+    assert list(report) == ["probabilities"] and report["probabilities"]["min_cosine"] > 0.99
+    assert report["probabilities"]["max_probability_diff"] == pytest.approx(0.025, abs=1e-3)
+    assert report["probabilities"]["max_abs_diff"] == report["probabilities"]["max_probability_diff"]
+    assert check_thresholds(report, QuantizeMode.INT8)["probabilities"] == {"max_probability_diff": 0.2,
+                                                                             "argmax_agreement": 0.8}
     confident = compare_outputs({"logits": np.array([[3.0, -3.0]])}, {"logits": np.array([[-3.0, 3.0]])},
                                 np.ones((1, 4), np.int32))
-    with pytest.raises(ValidationError, match="logits max probability difference vs float"):
+    with pytest.raises(ValidationError, match="probabilities max probability difference vs float"):
         check_thresholds(confident, QuantizeMode.DYNAMIC_INT8)
 
 

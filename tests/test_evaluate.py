@@ -47,7 +47,7 @@ def _own_predictions(bundle_dir: Path, texts) -> list[int]:
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     tokenizer = tokenization.load_tokenizer(bundle_dir / "tokenizer.json")
     runner = Interpreter(model_path=str(bundle_dir / "model.tflite")).get_signature_runner("serving_default")
-    return [int(np.argmax(runner(**tokenization.encode(tokenizer, [text], manifest["recipe"]["seq_len"]))["logits"]))
+    return [int(np.argmax(runner(**tokenization.encode(tokenizer, [text], manifest["recipe"]["seq_len"]))["probabilities"]))
             for text in texts]
 
 
@@ -121,7 +121,7 @@ def test_an_sst2_file_scores_a_two_label_classifier(tmp_path, tiny_config):
 def test_evaluate_errors(evaluated, tiny_bundle, dev_tsv, tmp_path):
     _, out = evaluated
     line = error_line(invoke("evaluate", tiny_bundle, "--task", dev_tsv, *EVAL_COLUMNS), 2)
-    assert line == (f"error: {tiny_bundle}: is an encoder bundle with no classifier head (no logits to score); "
+    assert line == (f"error: {tiny_bundle}: is an encoder bundle with no classifier head (no labels to score); "
                     "evaluation needs a classifier bundle")
     sst2 = _write_tsv(tmp_path / "sst2.tsv", [("a fine film", 1), ("a dull film", 0)])
     assert error_line(invoke("evaluate", out, "--task", sst2), 2) == (

@@ -1,9 +1,10 @@
 """A Hugging Face source stays a Hugging Face model: `edgebert finetune`, `prune` and `trim-vocab` write
 config.json + model.safetensors + tokenizer files (converters/hf_checkpoint.py), keeping the erf GELU,
 the casing, the vocab, the labels and the word-length limit; `edgebert convert` converts the result and
-transformers loads it with the same logits. A sentence-transformers folder keeps its pooling through a
-vocabulary trim and drops it when fine-tuned into a classifier. An output that cannot be written fails
-before any training. Tiny random models built here (hidden 32, 2 layers, 4 heads)."""
+transformers loads it with logits whose softmax is the bundle's probabilities. A sentence-transformers
+folder keeps its pooling through a vocabulary trim and drops it when fine-tuned into a classifier. An
+output that cannot be written fails before any training. Tiny random models built here (hidden 32, 2
+layers, 4 heads)."""
 from __future__ import annotations
 
 import dataclasses
@@ -104,7 +105,7 @@ def trimmed_bundle(trimmed, tmp_path_factory) -> Path:
     return _convert(trimmed, tmp_path_factory.mktemp("hf-bundle") / "trimmed.float32")
 
 
-def _bundle_run(bundle: Path, texts: list, output: str = "logits") -> tuple[np.ndarray, dict]:
+def _bundle_run(bundle: Path, texts: list, output: str = "probabilities") -> tuple[np.ndarray, dict]:
     """The bundle's output for each text (one interpreter call each) and the encoded inputs [N, S]."""
     from edgebert.bundle import read_bundle
     from edgebert.interpreter import TFLiteModel
@@ -117,15 +118,21 @@ def _bundle_run(bundle: Path, texts: list, output: str = "logits") -> tuple[np.n
     return np.concatenate(rows).astype(np.float32), encoded
 
 
-def _float_logits(checkpoint: Path, encoded: dict) -> np.ndarray:
-    """The float Keras classifier of a checkpoint, as `load_source` reads it."""
+def _float_probabilities(checkpoint: Path, encoded: dict) -> np.ndarray:
+    """The softmax of the float Keras classifier's logits for a checkpoint, as `load_source` reads it."""
     from converters.model import build_bert, set_google_weights
     from converters.sources import load_source
 
     source = load_source(checkpoint)
     model = build_bert(source.config, None, source.num_labels)
     set_google_weights(model, source.config, source.weights, source.num_labels)
-    return model(encoded, training=False)["logits"].numpy()
+    return _softmax(model(encoded, training=False)["logits"].numpy())
+
+
+def _softmax(logits) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
 
 
 # --- the format -------------------------------------------------------------------------------------------
@@ -194,7 +201,7 @@ def test_finetuning_an_erf_gelu_model_writes_hugging_face_format_and_loses_nothi
     assert written.history[-1]["train_examples"] == 96
 
 
-def test_the_finetuned_model_converts_and_the_bundle_gives_its_float_logits(finetuned, finetuned_bundle, texts):
+def test_the_finetuned_model_converts_and_the_bundle_gives_its_float_probabilities(finetuned, finetuned_bundle, texts):
     from converters.sources import load_source
     from edgebert.bundle import read_bundle
 
@@ -202,10 +209,10 @@ def test_the_finetuned_model_converts_and_the_bundle_gives_its_float_logits(fine
     assert manifest["head"] == "classifier" and manifest["labels"] == ["negative", "positive"]
     assert manifest["model"]["activation"] == "gelu_erf"
     assert manifest["source"]["history"][-1]["step"] == "finetune"
-    logits, encoded = _bundle_run(finetuned_bundle, texts)
+    probabilities, encoded = _bundle_run(finetuned_bundle, texts)
     unk = load_source(finetuned).vocab.index("[UNK]")
     assert encoded["input_ids"][3][encoded["attention_mask"][3] == 1][-2] == unk  # the long word: over the limit
-    np.testing.assert_allclose(logits, _float_logits(finetuned, encoded), atol=1e-5)
+    np.testing.assert_allclose(probabilities, _float_probabilities(finetuned, encoded), atol=1e-5)
 
 
 # --- pruning and trimming a Hugging Face model -----------------------------------------------------------
@@ -225,11 +232,11 @@ def test_trim_vocab_of_a_hugging_face_model_writes_hugging_face_format_that_conv
     tokenizer = load_tokenizer(trimmed / "tokenizer.json")
     assert sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get) == written.vocab
     assert max_word_chars(tokenizer) == WORD_LIMIT and tokenizer.normalizer.lowercase is False
-    # The corpus's texts: the same logits as before the trim.
+    # The corpus's texts: the same probabilities as before the trim.
     before, _ = _bundle_run(finetuned_bundle, texts)
     after, encoded = _bundle_run(trimmed_bundle, texts)
     np.testing.assert_allclose(after, before, atol=1e-5)
-    np.testing.assert_allclose(after, _float_logits(trimmed, encoded), atol=1e-5)
+    np.testing.assert_allclose(after, _float_probabilities(trimmed, encoded), atol=1e-5)
 
 
 def test_prune_of_a_hugging_face_classifier_writes_hugging_face_format_that_converts(finetuned, task, tmp_path,
@@ -253,8 +260,8 @@ def test_prune_of_a_hugging_face_classifier_writes_hugging_face_format_that_conv
     assert pruned.lowercase is False and pruned.max_word_chars == WORD_LIMIT
     assert [step["step"] for step in pruned.history] == ["finetune", "structured-pruning"]
     bundle = _convert(out, tmp_path / "bundle")
-    logits, encoded = _bundle_run(bundle, texts)
-    np.testing.assert_allclose(logits, _float_logits(out, encoded), atol=1e-5)
+    probabilities, encoded = _bundle_run(bundle, texts)
+    np.testing.assert_allclose(probabilities, _float_probabilities(out, encoded), atol=1e-5)
 
 
 # --- transformers reads what edgebert wrote ---------------------------------------------------------------
@@ -280,29 +287,29 @@ print(json.dumps(results))
 """
 
 
-def test_transformers_loads_what_finetune_and_trim_vocab_write_with_the_bundles_logits(
+def test_transformers_loads_what_finetune_and_trim_vocab_write_with_the_bundles_probabilities(
         finetuned, finetuned_bundle, trimmed, trimmed_bundle, texts, tmp_path):
     if not BENCH_PYTHON.is_file():
         missing(f"no Python with transformers at {BENCH_PYTHON} (python -m venv .venv-bench && "
                 ".venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install -e '.[convert,bench,test]')")
     jobs, expected = [], []
     for folder, bundle in ((finetuned, finetuned_bundle), (trimmed, trimmed_bundle)):
-        logits, encoded = _bundle_run(bundle, texts)
+        probabilities, encoded = _bundle_run(bundle, texts)
         np.savez(tmp_path / f"{folder.name}.npz", **encoded)
         jobs.append((str(folder), str(tmp_path / f"{folder.name}.npz"), texts))
-        expected.append((logits, [list(ids[mask == 1]) for ids, mask in zip(encoded["input_ids"],
+        expected.append((probabilities, [list(ids[mask == 1]) for ids, mask in zip(encoded["input_ids"],
                                                                            encoded["attention_mask"])]))
     env = {**os.environ, "USE_TF": "0", "USE_FLAX": "0", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run([str(BENCH_PYTHON), "-c", _TRANSFORMERS_SCRIPT, json.dumps(jobs)], capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    for (logits, ids), result in zip(expected, results):
+    for (probabilities, ids), result in zip(expected, results):
         assert result["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         assert result["encoder"] == "BertModel" and result["encoder_info"]["missing_keys"] == []
         assert result["hidden_act"] == "gelu" and result["id2label"] == {"0": "negative", "1": "positive"}
         assert result["ids"] == ids  # transformers' tokenizer from the written files gives the bundle's ids
-        np.testing.assert_allclose(np.array(result["logits"]), logits, atol=1e-4)
+        np.testing.assert_allclose(_softmax(result["logits"]), probabilities, atol=1e-4)
 
 
 # --- sentence-transformers folders -----------------------------------------------------------------------

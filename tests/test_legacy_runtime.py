@@ -1,6 +1,7 @@
 """Old runtimes are served: a `--compat tflite-runtime-2.14` bundle loads in tflite-runtime 2.14 (as on
-many Raspberry Pi OS images) and reproduces its golden outputs; the default dynamic-int8 bundle does not
-load there. Needs a Python with tflite-runtime 2.14 and numpy<2 (which cannot share an environment with
+many Raspberry Pi OS images) and reproduces its golden outputs (an encoder's pooled output; a classifier's
+probabilities, whose SOFTMAX edgebert appends to the converter's graph); the default dynamic-int8 bundle
+does not load there. Needs a Python with tflite-runtime 2.14 and numpy<2 (which cannot share an environment with
 ai-edge-litert and numpy 2): `.ci/run` makes one at `.venv-legacy`; EDGEBERT_LEGACY_PYTHON names another."""
 import json
 import os
@@ -35,12 +36,14 @@ try:
 except Exception as error:
     print(json.dumps({"version": tflite_runtime.__version__, "error": str(error).splitlines()[0]}))
     sys.exit(0)
-cosines = []
+cosines, worst = [], 0.0
 for example in golden["examples"]:
     feed = {k: np.array([example[k]], np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    got, want = runner(**feed)["pooled_output"][0], np.array(example["outputs"]["pooled_output"])
+    name = "pooled_output" if "pooled_output" in example["outputs"] else "probabilities"
+    got, want = runner(**feed)[name][0], np.array(example["outputs"][name])
     cosines.append(float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)))
-print(json.dumps({"version": tflite_runtime.__version__, "min_cosine": min(cosines)}))
+    worst = max(worst, float(np.abs(got - want).max()))
+print(json.dumps({"version": tflite_runtime.__version__, "min_cosine": min(cosines), "max_abs_diff": worst}))
 """
 
 
@@ -62,3 +65,14 @@ def test_compat_bundle_runs_on_tflite_runtime_2_14_and_the_default_does_not(tiny
 
     default = _run_legacy(tiny_bundle)
     assert "FULLY_CONNECTED" in default.get("error", ""), default
+
+
+def test_a_compat_classifier_gives_its_probabilities_on_tflite_runtime_2_14(tiny_classifier_checkpoint, tmp_path):
+    from converters.export import Compat
+    from converters.pipeline import ConvertOptions, convert
+
+    compat = convert(tiny_classifier_checkpoint, tmp_path / "compat",
+                     ConvertOptions(seq_len=32, validation_size=8, compat=Compat.TFLITE_RUNTIME_2_14)).bundle_dir
+    old = _run_legacy(compat)
+    assert old["version"].startswith("2.14") and "error" not in old, old
+    assert old["max_abs_diff"] <= 1e-5, old

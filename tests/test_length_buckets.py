@@ -44,10 +44,28 @@ def test_one_model_holds_a_signature_per_length_and_the_manifest_says_which(buck
     assert widths == {8, 16, 32}  # golden vectors at every length
 
 
+def test_every_signature_gives_probabilities_and_the_model_carries_no_metadata(bucketed):
+    """Each length's subgraph has its own SOFTMAX after the logits; MediaPipe runs one subgraph, so the
+    bucketed model.tflite has no metadata and the manifest says how to export the longest length."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgebert.model_info import read_tflite
+    from test_convert import ends_in_softmax
+
+    signatures = Interpreter(model_path=str(bucketed / "model.tflite")).get_signature_list()
+    assert {name: signature["outputs"] for name, signature in signatures.items()} == \
+        {"seq_8": ["probabilities"], "seq_16": ["probabilities"], "serving_default": ["probabilities"]}
+    assert ends_in_softmax(bucketed / "model.tflite")  # each subgraph's own SOFTMAX
+    info = read_tflite((bucketed / "model.tflite").read_bytes(), bucketed)
+    assert info["metadata"] is None and [len(graph["outputs"]) for graph in info["subgraphs"]] == [1, 1, 1]
+    assert _manifest(bucketed)["mediapipe"]["file"] is None
+    assert _manifest(bucketed)["io"]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [1, 3]}]
+
+
 def test_each_text_runs_at_the_shortest_length_that_holds_it_and_padding_changes_nothing(bucketed):
     from edgebert import tokenizer as tokenization
     from edgebert.interpreter import TFLiteModel
-    from edgebert.predict import predict, softmax
+    from edgebert.predict import predict
 
     model = TFLiteModel(bucketed / "model.tflite")
     tokenizer = tokenization.load_tokenizer(bucketed / "tokenizer.json")
@@ -56,7 +74,7 @@ def test_each_text_runs_at_the_shortest_length_that_holds_it_and_padding_changes
         assert encoded["input_ids"].shape == (1, width)
         assert model.runner_for(encoded) is model._by_length[width]
         padded = tokenization.encode(tokenizer, [text], 32)  # the longest signature, serving_default
-        want = softmax(model(**padded)["logits"][0])
+        want = model(**padded)["probabilities"][0]
         got = predict(bucketed, [text])[0]["probabilities"]
         assert max(abs(got[label] - p) for label, p in zip(LABELS, want)) < 1e-4
 
@@ -152,7 +170,7 @@ def test_cls_only_is_the_default_for_classifiers_and_full_stays_available(tiny_c
     # The same answer: both are checked against the same float model, and agree with each other.
     golden = [json.loads((tmp_path / name / "golden.json").read_text())["examples"] for name in ("auto", "full")]
     for a, b in zip(*golden):
-        np.testing.assert_allclose(a["outputs"]["logits"], b["outputs"]["logits"], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(a["outputs"]["probabilities"], b["outputs"]["probabilities"], rtol=0, atol=1e-4)
 
 
 def test_a_compat_export_keeps_the_full_last_layer_unless_asked(tiny_classifier_checkpoint, tmp_path):

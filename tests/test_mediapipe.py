@@ -2,7 +2,9 @@
 (converters/mediapipe_metadata.py), read back on the device side by `edgebert inspect`
 (edgebert/model_info.py), and checked with the real clients: MediaPipe's Python TextClassifier and
 TextEmbedder (PyPI mediapipe 1.2.3, installed with --no-deps) against `edgebert predict`, and
-@mediapipe/tasks-text from npm in headless Chromium, served from 127.0.0.1.
+@mediapipe/tasks-text from npm in headless Chromium, served from 127.0.0.1. A classifier's and a
+sentence embedder's model.tflite, as `edgebert convert` writes it, is the file MediaPipe runs;
+`edgebert export-mediapipe` writes an encoder's, a bucketed model's and an older (`logits`) bundle's.
 
 MediaPipe's own token ids are read with an "echo" model: a .tflite whose one output is its three inputs
 as floats, given MediaPipe's metadata, so that TextEmbedder returns the ids its tokenizer produced.
@@ -56,7 +58,8 @@ def tasks(writers):
 
 
 @pytest.fixture(scope="module")
-def classifier_bundle(tiny_classifier_checkpoint, tmp_path_factory) -> Path:
+def classifier_bundle(writers, tiny_classifier_checkpoint, tmp_path_factory) -> Path:
+    """A classifier bundle whose model.tflite carries the metadata (`edgebert convert` wrote it)."""
     from converters.pipeline import ConvertOptions, convert
 
     out = tmp_path_factory.mktemp("mediapipe") / "tiny-cls.s32"
@@ -65,11 +68,17 @@ def classifier_bundle(tiny_classifier_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier_file(writers, classifier_bundle, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mediapipe") / "tiny-cls.tflite"
-    result = invoke("export-mediapipe", classifier_bundle, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+def classifier_file(classifier_bundle) -> Path:
+    """The file MediaPipe runs: the classifier bundle's own model.tflite."""
+    return classifier_bundle / "model.tflite"
+
+
+@pytest.fixture(scope="module")
+def older_classifier(classifier_bundle, tmp_path_factory) -> Path:
+    """The same classifier as a bundle from before the softmax went into the graph: `logits`, no metadata."""
+    from legacy_bundles import logits_bundle
+
+    return logits_bundle(classifier_bundle, tmp_path_factory.mktemp("mediapipe") / "older")
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +190,18 @@ def test_export_without_mediapipe_says_how_to_install_it_in_one_line(tiny_bundle
     assert not (tmp_path / "x.tflite").exists()
 
 
-def test_classifier_file_carries_mediapipe_metadata_as_mediapipe_reads_it(classifier_bundle, classifier_file, tasks):
+def test_convert_puts_the_metadata_into_a_classifier_bundles_model(classifier_bundle, classifier_file, older_classifier,
+                                                                    tasks):
     from converters.mediapipe_metadata import import_mediapipe
 
-    info = json.loads(invoke("inspect", classifier_file, "--json").stdout)
+    manifest = json.loads((classifier_bundle / "manifest.json").read_text())
+    record = manifest["mediapipe"]
+    assert record["task"] == "TextClassifier" and record["file"] == "model.tflite" and "export" not in record
+    assert record["output"] == "probabilities" and record["seq_len"] == 32 and "note" not in record
+    assert 0 < record["metadata_bytes"] < manifest["sizes"]["model_bytes"]
+    assert manifest["io"]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [1, 3]}]
+    info = json.loads(invoke("inspect", classifier_bundle, "--json").stdout)
+    assert info["bundle"]["mediapipe"] == record and info["file"] == str(classifier_file)
     metadata = info["metadata"]
     [graph] = metadata["subgraphs"]
     names = {m["name"]: t["name"] for m, t in zip(graph["inputs"], info["subgraphs"][0]["inputs"])}
@@ -199,8 +216,8 @@ def test_classifier_file_carries_mediapipe_metadata_as_mediapipe_reads_it(classi
     assert metadata["min_parser_version"] == "1.1.0"
     assert info["subgraphs"][0]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [1, 3]}]
     assert list(info["signatures"]["serving_default"]["outputs"]) == ["probabilities"]
-    # The bundle's graph, in the same order, and one SOFTMAX at the end.
-    assert info["ops"] == json.loads(invoke("inspect", classifier_bundle, "--json").stdout)["ops"] + ["SOFTMAX"]
+    # The graph of the logits, in the same order, and one SOFTMAX at the end.
+    assert info["ops"] == json.loads(invoke("inspect", older_classifier, "--json").stdout)["ops"] + ["SOFTMAX"]
 
     # The packed files are the bundle's own vocabulary (in id order) and labels.
     with zipfile.ZipFile(classifier_file) as archive:
@@ -221,22 +238,48 @@ def test_classifier_file_carries_mediapipe_metadata_as_mediapipe_reads_it(classi
     assert unit["options_type"] == "BertTokenizerOptions" and unit["options"]["vocab_file"][0]["name"] == "vocab.txt"
 
 
-def test_the_runner_reads_the_mediapipe_file_as_the_softmax_of_the_bundles_logits(classifier_bundle, classifier_file):
+def test_an_older_bundles_export_is_the_softmax_of_its_logits(classifier_bundle, older_classifier, tasks, tmp_path):
+    """A bundle converted before the softmax went into the graph: export-mediapipe appends the SOFTMAX and
+    writes the metadata, and the file gives what a current bundle's model.tflite gives."""
     from edgebert.interpreter import TFLiteModel
-    from edgebert.predict import softmax
+    from edgebert.predict import predict, softmax
 
-    bundle_model, exported = TFLiteModel(classifier_bundle / "model.tflite"), TFLiteModel(classifier_file)
-    assert exported.output_names == ("probabilities",)
-    golden = json.loads((classifier_bundle / "golden.json").read_text())
+    out = tmp_path / "older.tflite"
+    result = invoke("export-mediapipe", older_classifier, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "TextClassifier, output probabilities [negative, neutral, positive], length 32" in result.stdout
+    assert result.stderr == ""
+    older, exported, current = (TFLiteModel(path) for path in (older_classifier / "model.tflite", out,
+                                                                 classifier_bundle / "model.tflite"))
+    assert older.output_names == ("logits",) and exported.output_names == ("probabilities",)
+    golden = json.loads((older_classifier / "golden.json").read_text())
     for example in golden["examples"]:
         feed = {name: np.asarray([example[name]], np.int32) for name in ("input_ids", "attention_mask", "token_type_ids")}
-        want = softmax(bundle_model(**feed)["logits"][0])
+        want = softmax(older(**feed)["logits"][0])
         np.testing.assert_allclose(exported(**feed)["probabilities"][0], want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(current(**feed)["probabilities"][0], want, rtol=0, atol=1e-6)
+    with _classifier(tasks, out) as classifier:
+        for text, ours in zip(TEXTS, predict(older_classifier, TEXTS)):
+            scores = _scores(classifier.classify(text))
+            assert max(abs(scores[k] - p) for k, p in ours["probabilities"].items()) <= 1e-4
 
 
-def test_export_refuses_cased_models_and_existing_files_in_one_line(classifier_bundle, classifier_file, tmp_path):
-    line = error_line(invoke("export-mediapipe", classifier_bundle, "--out", classifier_file), 2)
-    assert line == f"error: {classifier_file}: already exists (pass --force to replace it)"
+def test_export_of_a_bundle_that_carries_the_metadata_copies_its_model(classifier_bundle, embedder_bundle, tmp_path):
+    for bundle in (classifier_bundle, embedder_bundle):
+        out = tmp_path / f"{bundle.name}.tflite"
+        result = invoke("export-mediapipe", bundle, "--out", out)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == (bundle / "model.tflite").read_bytes()
+        assert "+0 bytes over the bundle's model.tflite" in result.stdout
+        assert result.stderr == (f"note: {bundle / 'model.tflite'} already carries MediaPipe's metadata (edgebert "
+                                 f"convert wrote it): MediaPipe runs it as it is, and {out} is a copy of it\n")
+
+
+def test_export_refuses_cased_models_and_existing_files_in_one_line(classifier_bundle, tmp_path):
+    existing = tmp_path / "existing.tflite"
+    existing.write_bytes(b"")
+    line = error_line(invoke("export-mediapipe", classifier_bundle, "--out", existing), 2)
+    assert line == f"error: {existing}: already exists (pass --force to replace it)"
     cased = tmp_path / "cased"
     shutil.copytree(classifier_bundle, cased)
     manifest = json.loads((cased / "manifest.json").read_text())
@@ -263,23 +306,24 @@ def test_mediapipe_text_classifier_gives_the_runners_probabilities(classifier_bu
 def test_a_dynamic_length_classifier_runs_in_mediapipe_and_the_limit_is_said(tiny_classifier_checkpoint, tasks,
                                                                              tmp_path):
     """MediaPipe feeds a dynamic model each text at its own length and truncates nothing: short texts
-    agree with the runner, and export says that long ones fail."""
+    agree with the runner, and the manifest and export say that long ones fail."""
     from converters.pipeline import ConvertOptions, convert
     from edgebert.predict import predict
 
     bundle = tmp_path / "dynamic"
     convert(tiny_classifier_checkpoint, bundle, ConvertOptions(seq_len=None, validation_size=8, labels=LABELS))
-    assert "dynamic length: MediaPipe feeds each text at its own length" in \
-        json.loads((bundle / "manifest.json").read_text())["mediapipe"]["note"]
-    out = tmp_path / "dynamic.tflite"
-    result = invoke("export-mediapipe", bundle, "--out", out)
+    record = json.loads((bundle / "manifest.json").read_text())["mediapipe"]
+    assert record["file"] == "model.tflite" and record["seq_len"] == "dynamic"
+    assert record["note"].startswith("dynamic length: MediaPipe feeds each text at its own length")
+    result = invoke("export-mediapipe", bundle, "--out", tmp_path / "dynamic.tflite")
     assert result.exit_code == 0, result.output
     assert "length dynamic" in result.stdout
-    assert result.stderr.startswith("note: dynamic length: MediaPipe feeds each text at its own length and does "
-                                    "not truncate")
-    info = json.loads(invoke("inspect", out, "--json").stdout)
+    assert result.stderr.splitlines()[-1].startswith("note: dynamic length: MediaPipe feeds each text at its own "
+                                                     "length and does not truncate")
+    model_file = bundle / "model.tflite"
+    info = json.loads(invoke("inspect", model_file, "--json").stdout)
     assert all(t["shape"] == [1, -1] for t in info["subgraphs"][0]["inputs"])
-    with _classifier(tasks, out) as classifier:
+    with _classifier(tasks, model_file) as classifier:
         for text, want in zip(TEXTS, predict(bundle, TEXTS)):
             scores = _scores(classifier.classify(text))
             assert max(abs(scores[k] - p) for k, p in want["probabilities"].items()) <= 1e-4
@@ -338,6 +382,41 @@ def test_the_metadata_changes_no_output_and_is_optional(embedder_bundle, tmp_pat
     assert grew == with_metadata["mediapipe"]["metadata_bytes"] > 0  # the record is the growth
 
 
+def test_without_the_writers_a_classifier_still_gives_probabilities_and_export_adds_the_metadata(
+        tiny_classifier_checkpoint, classifier_bundle, tasks, tmp_path, monkeypatch):
+    """The SOFTMAX needs no MediaPipe: without the writers convert ships the same probabilities with no
+    metadata and says so; export-mediapipe then packs the metadata around the same graph (no second
+    SOFTMAX)."""
+    import converters.mediapipe_metadata as mediapipe_metadata
+    from converters.pipeline import ConvertOptions, convert
+    from edgebert.predict import predict
+
+    monkeypatch.setattr(mediapipe_metadata, "writers_available", lambda: False)
+    plain = tmp_path / "plain"
+    notes = []
+    convert(tiny_classifier_checkpoint, plain, ConvertOptions(seq_len=32, validation_size=8, labels=LABELS),
+            log=notes.append)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    record = manifest["mediapipe"]
+    assert record["file"] is None and record["export"] == "edgebert export-mediapipe BUNDLE --out FILE"
+    assert "pip install --no-deps mediapipe==1.2.3" in record["note"]
+    assert any(n.startswith("note: MediaPipe's metadata writers were not installed") for n in notes)
+    assert [o["name"] for o in manifest["io"]["outputs"]] == ["probabilities"]
+    assert predict(plain, TEXTS) == predict(classifier_bundle, TEXTS)
+    monkeypatch.undo()
+    out = tmp_path / "plain.tflite"
+    result = invoke("export-mediapipe", plain, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    info = json.loads(invoke("inspect", out, "--json").stdout)
+    assert info["metadata"] is not None
+    assert info["ops"] == json.loads(invoke("inspect", plain, "--json").stdout)["ops"]  # no second SOFTMAX
+    with _classifier(tasks, out) as classifier:
+        for text, ours in zip(TEXTS, predict(plain, TEXTS)):
+            scores = _scores(classifier.classify(text))
+            assert max(abs(scores[k] - p) for k, p in ours["probabilities"].items()) <= 1e-4
+
+
 def test_a_trimmed_vocabulary_is_the_one_packed_and_mediapipe_tokenizes_with_it(tiny_classifier_checkpoint, tasks,
                                                                                 tmp_path):
     from converters.pipeline import ConvertOptions, convert
@@ -351,8 +430,7 @@ def test_a_trimmed_vocabulary_is_the_one_packed_and_mediapipe_tokenizes_with_it(
     assert result.exit_code == 0, result.output
     bundle = tmp_path / "trimmed.b"
     convert(trimmed, bundle, ConvertOptions(seq_len=32, validation_size=8, labels=LABELS))
-    out = tmp_path / "trimmed.tflite"
-    assert invoke("export-mediapipe", bundle, "--out", out).exit_code == 0
+    out = bundle / "model.tflite"  # the file MediaPipe runs
     vocab = _vocab(bundle)
     assert len(vocab) < len(_vocab_of_checkpoint(tiny_classifier_checkpoint))
     with zipfile.ZipFile(out) as archive:
@@ -379,7 +457,7 @@ def _vocab_of_checkpoint(directory: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def sst2_classifier(writers, tmp_path_factory):
     """A BERT-Tiny with the real uncased vocabulary, fine-tuned for one epoch on 8,000 SST-2 sentences
-    (dev accuracy about 74 %: it reads the tokens), converted, and exported for MediaPipe."""
+    (dev accuracy about 74 %: it reads the tokens) and converted: its model.tflite is what MediaPipe runs."""
     for path in (REAL_VOCAB, SST2 / "train.tsv", SST2 / "dev.tsv"):
         if not path.exists():
             pytest.skip(f"reference data not present at {path}")
@@ -387,11 +465,11 @@ def sst2_classifier(writers, tmp_path_factory):
     steps = [("random-checkpoint", "tiny", "--vocab", REAL_VOCAB, "--num-labels", "2", "--out", root / "random"),
              ("finetune", root / "random", "--task", SST2 / "train.tsv", "--out", root / "ft", "--epochs", "1",
               "--max-train-examples", "8000", "--max-seq-len", "64", "--batch-size", "64", "--learning-rate", "1e-3"),
-             ("convert", root / "ft", "--out", root / "bundle", "--labels", "negative,positive"),
-             ("export-mediapipe", root / "bundle", "--out", root / "mediapipe.tflite")]
+             ("convert", root / "ft", "--out", root / "bundle", "--labels", "negative,positive")]
     for step in steps:
         result = invoke(*step)
         assert result.exit_code == 0, (step[0], result.output)
+    assert json.loads((root / "bundle" / "manifest.json").read_text())["mediapipe"]["file"] == "model.tflite"
     return root
 
 
@@ -429,7 +507,7 @@ def agreement(tasks, bundle: Path, mediapipe_file: Path, echo: Path, texts: list
 def test_sst2_dev_mediapipe_text_classifier_agrees_with_predict(sst2_classifier, tasks, tmp_path):
     texts = _dev_sentences()
     echo = echo_model(tmp_path, _vocab(sst2_classifier / "bundle"), 128)
-    figures = agreement(tasks, sst2_classifier / "bundle", sst2_classifier / "mediapipe.tflite", echo, texts)
+    figures = agreement(tasks, sst2_classifier / "bundle", sst2_classifier / "bundle" / "model.tflite", echo, texts)
     print(f"\nSST-2 dev, fine-tuned BERT-Tiny: {figures['same_label']}/{figures['texts']} same top label, "
           f"{figures['same_ids']} same ids, max probability diff {figures['max_probability_diff']:.3g}; "
           f"ids differ on: {figures['ids_differ']}")
@@ -447,14 +525,13 @@ def test_a_structured_pruned_classifier_still_agrees(sst2_classifier, tasks, tmp
     root = sst2_classifier
     steps = [("prune", root / "ft", "--task", SST2 / "train.tsv", "--heads", "0.5", "--ffn", "0.5",
               "--examples", "256", "--seq-len", "64", "--out", tmp_path / "pruned"),
-             ("convert", tmp_path / "pruned", "--out", tmp_path / "bundle", "--labels", "negative,positive"),
-             ("export-mediapipe", tmp_path / "bundle", "--out", tmp_path / "mediapipe.tflite")]
+             ("convert", tmp_path / "pruned", "--out", tmp_path / "bundle", "--labels", "negative,positive")]
     for step in steps:
         result = invoke(*step)
         assert result.exit_code == 0, (step[0], result.output)
     texts = _dev_sentences()[:200]
     echo = echo_model(tmp_path, _vocab(tmp_path / "bundle"), 128)
-    figures = agreement(tasks, tmp_path / "bundle", tmp_path / "mediapipe.tflite", echo, texts)
+    figures = agreement(tasks, tmp_path / "bundle", tmp_path / "bundle" / "model.tflite", echo, texts)
     print(f"\nSST-2 dev, structured-pruned BERT-Tiny: {figures['same_label']}/{figures['texts']} same top label, "
           f"{figures['same_ids']} same ids, max probability diff {figures['max_probability_diff']:.3g}")
     assert figures["same_label"] / figures["texts"] >= 0.995
@@ -590,7 +667,7 @@ def test_the_browser_classifies_and_embeds_with_the_runners_results(classifier_b
     site = tmp_path / "site"
     site.mkdir()
     (site / "tasks-text").symlink_to(package, target_is_directory=True)
-    shutil.copy(classifier_file, site / "classifier.tflite")
+    shutil.copy(classifier_file, site / "classifier.tflite")  # the bundle's own model.tflite
     shutil.copy(embedder_bundle / "model.tflite", site / "embedder.tflite")
     (site / "index.html").write_text(PAGE)
     (site / "params.json").write_text(json.dumps({"classifier": "./classifier.tflite", "embedder": "./embedder.tflite",
@@ -644,13 +721,17 @@ def test_a_classifier_with_length_buckets_exports_its_longest_length(tiny_classi
     convert(tiny_classifier_checkpoint, bundle, ConvertOptions(seq_len=32, buckets=(16,), validation_size=8,
                                                                labels=LABELS))
     record = json.loads((bundle / "manifest.json").read_text())["mediapipe"]
-    assert "the export keeps the longest length, 32" in record["note"]
+    assert record["file"] is None and record["note"].startswith(
+        "length buckets: MediaPipe runs one subgraph, so model.tflite (one per length) carries no metadata; "
+        "`edgebert export-mediapipe` writes the longest, 32")
     out = tmp_path / "buckets.tflite"
     result = invoke("export-mediapipe", bundle, "--out", out)
     assert result.exit_code == 0, result.output
     assert "length 32" in result.stdout
     info = json.loads(invoke("inspect", out, "--json").stdout)
     assert len(info["subgraphs"]) == 1 and all(t["shape"] == [1, 32] for t in info["subgraphs"][0]["inputs"])
+    assert list(info["signatures"]["serving_default"]["outputs"]) == ["probabilities"]
+    assert info["ops"] == json.loads(invoke("inspect", bundle, "--json").stdout)["ops"]  # no second SOFTMAX
     assert out.stat().st_size < (bundle / "model.tflite").stat().st_size + 300_000  # no second copy of anything
     with _classifier(tasks, out) as classifier:
         for text, want in zip(TEXTS, predict(bundle, TEXTS)):

@@ -42,20 +42,56 @@ def encoder(tmp_path_factory, tiny_checkpoint) -> Path:
 # --- the library ---------------------------------------------------------------------------------------
 
 def test_classifier_probabilities_sum_to_one_with_the_manifest_labels(classifier):
-    from edgebert.predict import predict, softmax
+    from edgebert import tokenizer as tokenization
+    from edgebert.interpreter import TFLiteModel
+    from edgebert.predict import predict
 
     texts = ["The film was a delight from start to finish.", "I would not go back there."]
     results = predict(classifier, texts)
     assert [r["text"] for r in results] == texts
-    for result in results:
+    model = TFLiteModel(classifier / "model.tflite")
+    assert model.output_names == ("probabilities",)  # the softmax is in the graph: no logits to report
+    tokenizer = tokenization.load_tokenizer(classifier / "tokenizer.json")
+    for text, result in zip(texts, results):
         probabilities = result["probabilities"]
-        assert sorted(probabilities) == sorted(LABELS)
-        assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-9)
+        assert sorted(probabilities) == sorted(LABELS) and "logits" not in result
+        assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-6)  # a float32 softmax
         values = list(probabilities.values())
         assert values == sorted(values, reverse=True)  # highest first
-        assert result["label"] == LABELS[int(np.argmax(result["logits"]))] == next(iter(probabilities))
+        own = model(**tokenization.encode(tokenizer, [text], 32))["probabilities"][0]
+        assert [probabilities[label] for label in LABELS] == own.astype(np.float64).tolist()  # the model's own
+        assert result["label"] == LABELS[int(np.argmax(own))] == next(iter(probabilities))
         assert result["probability"] == values[0]
-        assert np.allclose(softmax(np.array(result["logits"])), [probabilities[label] for label in LABELS])
+
+
+def test_an_older_bundle_whose_model_gives_logits_still_runs(classifier, tmp_path):
+    """Bundles converted before the softmax went into the graph: predict, evaluate and the device suite
+    read their logits, and give the probabilities a current bundle gives."""
+    import subprocess
+    import sys
+
+    from edgebert.evaluate import evaluate_bundle
+    from edgebert.predict import predict, softmax
+    from edgebert.tasks import load_task
+    from legacy_bundles import logits_bundle
+
+    old = logits_bundle(classifier, tmp_path / "old")
+    texts = ["The film was a delight from start to finish.", "I would not go back there."]
+    pairs = [("Is it open?", "Yes."), ("a b c " * 8, "d e " * 12)]
+    for now, before in zip(predict(classifier, texts) + predict(classifier, pairs),
+                           predict(old, texts) + predict(old, pairs)):
+        assert before["label"] == now["label"]
+        np.testing.assert_allclose(softmax(np.array(before["logits"])), [before["probabilities"][k] for k in LABELS],
+                                   rtol=0, atol=1e-12)
+        assert max(abs(before["probabilities"][k] - p) for k, p in now["probabilities"].items()) <= 1e-6
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 3}\n" for i, t in enumerate(texts * 3)))
+    task = load_task(tsv, text_columns=("sentence",), label_column="label")
+    assert evaluate_bundle(old, task)["predictions"] == evaluate_bundle(classifier, task)["predictions"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "device_tests",
+                           "--bundles", str(old)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 def test_classifier_pairs(classifier, tiny_classifier_checkpoint):
@@ -75,11 +111,11 @@ def test_classifier_pairs(classifier, tiny_classifier_checkpoint):
         encoded = reference_encode(reference, [pair], 32)
         assert encoded["token_type_ids"].any()  # the second segment is there
         # What predict gave is the bundle's model run on BERT's ids for the pair...
-        np.testing.assert_allclose(result["logits"], model(**encoded)["logits"][0], rtol=0, atol=1e-6)
+        got = np.array([result["probabilities"][label] for label in LABELS])
+        np.testing.assert_allclose(got, model(**encoded)["probabilities"][0], rtol=0, atol=1e-6)
         # ... and it agrees with the float numpy BERT on those ids within dynamic int8's probability budget.
         want = bert_forward(source.weights, encoded["input_ids"][0], encoded["attention_mask"][0],
                             encoded["token_type_ids"][0], source.config.num_heads, num_labels=len(LABELS))
-        got = np.array([result["probabilities"][label] for label in LABELS])
         assert np.abs(got - softmax(want["logits"])).max() <= 0.05
 
 

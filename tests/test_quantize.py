@@ -62,6 +62,21 @@ def _recipe(tmp_path, overrides: str, convert: str = 'quantize = "dynamic-int8"'
     return path
 
 
+def _planted(root: Path, config, num_labels: int = 0) -> Path:
+    from converters.google_checkpoint import random_weights, write_checkpoint_directory
+    from converters.vocab import synthetic_vocab
+
+    weights = {name: value * 7 if name.endswith("/kernel") else value
+               for name, value in random_weights(config, seed=0, num_labels=num_labels).items()}
+    if num_labels:
+        weights["output_weights"] = weights["output_weights"] * 50  # confident logits: probabilities that move
+    dim = 5
+    for part in ("gamma", "beta"):
+        weights[f"bert/encoder/layer_1/attention/output/LayerNorm/{part}"][dim] = 0.0
+    weights["bert/encoder/layer_1/intermediate/dense/kernel"][dim, :] = 50.0
+    return write_checkpoint_directory(root / "ckpt", config, weights, synthetic_vocab(None))
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, tiny_config):
     """A tiny BERT with outliers planted in layer_1/intermediate: one input row of its kernel is 300x the
@@ -69,17 +84,7 @@ def planted(tmp_path_factory, tiny_config):
     row (its input is 0); per-channel int8 sets every output channel's scale by it and rounds the rest of
     the layer's weights away. Kernels 7x Google's initializer, so that every sublayer matters (see
     test_validate.py); every other layer quantizes well."""
-    from converters.google_checkpoint import random_weights, write_checkpoint_directory
-    from converters.vocab import synthetic_vocab
-
-    weights = {name: value * 7 if name.endswith("/kernel") else value
-               for name, value in random_weights(tiny_config, seed=0).items()}
-    dim = 5
-    for part in ("gamma", "beta"):
-        weights[f"bert/encoder/layer_1/attention/output/LayerNorm/{part}"][dim] = 0.0
-    weights["bert/encoder/layer_1/intermediate/dense/kernel"][dim, :] = 50.0
-    return write_checkpoint_directory(tmp_path_factory.mktemp("planted") / "ckpt", tiny_config, weights,
-                                      synthetic_vocab(None))
+    return _planted(tmp_path_factory.mktemp("planted"), tiny_config)
 
 
 def test_plain_dynamic_int8_is_still_the_tensorflow_converters(tiny_bundle):
@@ -200,6 +205,24 @@ def test_int4_climbs_to_float_where_int8_is_not_enough(planted, tmp_path):
     record = next(layer for layer in manifest["quantization"]["layers"] if layer["name"] == PLANTED)
     assert record["reason"].startswith("mixed precision: raised from int4 to float32")
     assert manifest["validation"]["passed"] and manifest["quantization"]["mixed_precision"]["float_share"] > 0
+
+
+def test_a_mixed_precision_classifier_ends_in_its_softmax(tiny_config, tmp_path):
+    """The search measures its candidates' logits as probabilities; the chosen mix then gets the SOFTMAX,
+    and the bundle's probabilities are validated against the float model's."""
+    from edgebert.interpreter import TFLiteModel
+    from test_convert import ends_in_softmax
+
+    manifest = _convert(_planted(tmp_path, tiny_config, num_labels=3), tmp_path / "b").manifest
+    mixed = manifest["quantization"]["mixed_precision"]
+    assert mixed["searched"] and mixed["raised"] == [PLANTED]
+    precisions = {layer["name"]: layer["precision"] for layer in manifest["quantization"]["layers"]}
+    assert precisions.pop(PLANTED) == "float32" and "float32" not in {precisions[name] for name in precisions
+                                                                      if name.startswith("layer_")}
+    outputs = manifest["validation"]["outputs"]
+    assert list(outputs) == ["probabilities"] and outputs["probabilities"]["max_probability_diff"] <= 0.05
+    assert TFLiteModel(tmp_path / "b" / "model.tflite").output_names == ("probabilities",)
+    assert ends_in_softmax(tmp_path / "b" / "model.tflite")
 
 
 def test_mixed_precision_off_keeps_the_strict_refusal(planted, tmp_path):

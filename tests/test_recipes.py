@@ -27,7 +27,7 @@ def _independent_accuracy(bundle_dir, dev_file) -> float:
     reference = FullTokenizer([token for token, _ in vocab], lowercase=manifest["tokenizer"]["lowercase"])
     model = TFLiteModel(bundle_dir / "model.tflite")
     rows = [line.split("\t") for line in dev_file.read_text(encoding="utf-8").splitlines()[1:]]
-    right = sum(int(model(**reference_encode(reference, [text], manifest["recipe"]["seq_len"]))["logits"].argmax())
+    right = sum(int(model(**reference_encode(reference, [text], manifest["recipe"]["seq_len"]))["probabilities"].argmax())
                 == int(label) for text, label in rows)
     return right / len(rows)
 

@@ -17,12 +17,14 @@ import click
 def export_mediapipe(bundle, out, force):
     """Write BUNDLE's model as a .tflite that MediaPipe Tasks' TextClassifier or TextEmbedder runs with no app code.
 
-    A classifier gets a SOFTMAX after its logits, so MediaPipe's scores are probabilities; an encoder
-    keeps only pooled_output; a sentence-embedding bundle keeps its one output (its own model.tflite
-    already carries the metadata when `edgebert convert` had MediaPipe's writers). The bundle's own
-    vocabulary, its labels and the input names MediaPipe looks for are packed in as TFLite Model
-    Metadata by MediaPipe's writers (pip install --no-deps mediapipe==1.2.3). The file is checked
-    against the bundle's model on golden.json's inputs before it is written.
+    A classifier or sentence-embedding bundle converted with MediaPipe's writers installed needs no export:
+    its own model.tflite carries the metadata, and FILE is a byte-for-byte copy of it. Otherwise the
+    bundle's graph and weights are written with one output (an encoder keeps only pooled_output; an older
+    classifier bundle's logits get a SOFTMAX, so MediaPipe's scores are probabilities; a bundle with length
+    buckets keeps its longest length), and the bundle's own vocabulary, its labels and the input names
+    MediaPipe looks for are packed in as TFLite Model Metadata by MediaPipe's writers (pip install
+    --no-deps mediapipe==1.2.3). FILE is checked against the bundle's model on golden.json's inputs
+    before it is written.
     """
     from converters.mediapipe_metadata import export_bundle
 
