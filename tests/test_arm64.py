@@ -43,6 +43,7 @@ BUNDLES = {
     "tiny.dynamic-int8.s128": ("tiny", "dynamic-int8", None, 128),
     "tiny.compat.s128": ("tiny", "dynamic-int8", "tflite-runtime-2.14", 128),
     "tiny.compat.dynamic": ("tiny", "dynamic-int8", "tflite-runtime-2.14", None),  # rows = the text's tokens
+    "tiny.dynamic-int4.s128": ("tiny", "dynamic-int4", None, 128),  # XNNPACK's int4 kernels on Arm
     "mini.dynamic-int8.s128": ("mini", "dynamic-int8", None, 128),
     "mini.compat.s128": ("mini", "dynamic-int8", "tflite-runtime-2.14", 128),
     "small.dynamic-int8.s64": ("small", "dynamic-int8", None, 64),
@@ -52,8 +53,8 @@ TINY = ["tiny.float32.s128", "tiny.dynamic-int8.s128", "tiny.compat.s128", "tiny
 TINY_LEGACY = ["tiny.float32.s128", "tiny.compat.s128"]  # 2.14 cannot load the default int8's FULLY_CONNECTED v12
 # (runtime, emulated CPU, bundles): every runtime on both CPUs; Mini on the A72, Small on the A76.
 RUNS = [
-    ("ai-edge-litert", "cortex-a72", TINY + ["mini.dynamic-int8.s128", "mini.compat.s128"]),
-    ("ai-edge-litert", "cortex-a76", TINY + ["small.dynamic-int8.s64", "small.compat.s64"]),
+    ("ai-edge-litert", "cortex-a72", TINY + ["tiny.dynamic-int4.s128", "mini.dynamic-int8.s128", "mini.compat.s128"]),
+    ("ai-edge-litert", "cortex-a76", TINY + ["tiny.dynamic-int4.s128", "small.dynamic-int8.s64", "small.compat.s64"]),
     ("tflite-runtime", "cortex-a72", TINY_LEGACY + ["tiny.compat.dynamic", "mini.compat.s128"]),
     # Not tiny.compat.dynamic here: see test_tflite_runtime_2_14_crashes_on_short_inputs_on_cortex_a76.
     ("tflite-runtime", "cortex-a76", TINY_LEGACY + ["small.compat.s64"]),
