@@ -6,6 +6,10 @@ def _kb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def _subset(settings: dict) -> str:
     examples = settings.get("max_train_examples")
     return f", the first {examples:,} training examples only" if examples else ""
@@ -22,8 +26,8 @@ def format_markdown(results: dict) -> str:
         described = (f", L={shape['layers']} H={shape['hidden']} A={shape['heads']} I={shape['intermediate']}, "
                      f"vocab {shape['vocab_size']:,}" if shape else "")
         lines += ["", f"## {variant['variant']} ({weights}{described})", "",
-                  f"Training: {settings['epochs']} epochs for base (best: epoch {training['base_best_epoch']}), "
-                  f"{settings['recover_epochs']} for each model made from it; batch {settings['batch_size']}, "
+                  f"Training: {_epochs(settings['epochs'])} for base (best: epoch {training['base_best_epoch']}), "
+                  f"{_epochs(settings['recover_epochs'])} for each model made from it; batch {settings['batch_size']}, "
                   f"learning rate {settings['learning_rate']:g}, sequences up to {settings['max_seq_len']}"
                   f"{_subset(settings)}. Bundles at seq {settings['seq_len']}; "
                   f"{settings['rounds']} rounds of {settings['runs']} runs.", "",
