@@ -222,16 +222,18 @@ def converter_makes_it(mode, compat, overrides) -> bool:
 
 
 def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, compat, overrides: tuple, mixed: bool,
-                  budget: float, check, scratch: Path, log: Callable[[str], None]) -> QuantizedExport:
+                  budget: float, check, scratch: Path, log: Callable[[str], None],
+                  refine: Callable[[bytes], bytes] | None = None) -> QuantizedExport:
     """Validate the export and, where it misses and the mode allows it, search a mix of precisions.
     `converted` is the TensorFlow converter's export in `mode` (when converter_makes_it) or in float32;
-    `export_float()` gives the float32 export when a search needs it. Raises ValidationError if nothing
-    passes; nothing is written here."""
+    `export_float()` gives the float32 export when a search needs it. `refine` rewrites each candidate
+    ai-edge-quantizer makes (outlier equalization's GPTQ). Raises ValidationError if nothing passes;
+    nothing is written here."""
     from converters import quantize
     from edgebert.interpreter import TFLiteModel
 
     precision = quantizer_precision(mode, compat)
-    first_bytes = None
+    first_bytes, fallback = None, {}
     if converter_makes_it(mode, compat, overrides):
         path = scratch / "converted.tflite"
         path.write_bytes(converted)
@@ -240,29 +242,35 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
             return QuantizedExport(converted, check.record(report),
                                    _manifest(converted, f"tensorflow {_tf_version()}", {}, mixed, budget,
                                              f"the TensorFlow converter's {mode.value}"), None)
+        missed = _shortfall(report, mode)
         log(f"the converter's {mode.value} export misses its thresholds (shortfall "
-            f"{_shortfall(report, mode):.3g}); searching a mix of precisions with ai-edge-quantizer")
+            f"{missed:.3g}); searching a mix of precisions with ai-edge-quantizer")
         first_bytes, converted = len(converted), export_float()
+        # The manifest says why ai-edge-quantizer made a mode the converter normally makes.
+        fallback = {"tensorflow_converter": {"passed": False, "shortfall": round(missed, 4), "bytes": first_bytes}}
 
     prepared = quantize.prepare(converted)
     layers = quantize.find_layers(prepared)
     chosen = quantize.apply_overrides(layers, precision, overrides)
     start = {name: choice[0] for name, choice in chosen.items()}
     fixed = {layer.name for layer in layers if any(override.matches(layer.name) for override in overrides)}
-    evaluate = Evaluator(prepared, layers, check, scratch, quantize.quantize)
+    quantizer = quantize.quantize if refine is None else (
+        lambda model, layers, plan: refine(quantize.quantize(model, layers, plan)))
+    evaluate = Evaluator(prepared, layers, check, scratch, quantizer)
     reasons = {name: choice[1] for name, choice in chosen.items()}
     tool = f"ai-edge-quantizer {quantize.quantizer_version()}"
     first = evaluate(start)
     if first.passed or not mixed:
         validation = check.record(first.report)  # raises when it missed and the search is off
-        return QuantizedExport(first.model, validation, _manifest(first.model, tool, reasons, mixed, budget), None)
+        return QuantizedExport(first.model, validation,
+                               {**_manifest(first.model, tool, reasons, mixed, budget), **fallback}, None)
     result = search(evaluate, layers, start, fixed, budget, log)
     for name, (before, after, sensitivity) in result.raised.items():
         reasons[name] = (f"mixed precision: raised from {before.value} to {after.value} (quantized alone it "
                          f"used {sensitivity:.3g} of the thresholds' error budget)")
     baseline = first_bytes or first.size
     summary = _summary(result, layers, baseline, mode, evaluate.evaluations)
-    manifest = _manifest(result.best.model, tool, reasons, mixed, budget)
+    manifest = {**_manifest(result.best.model, tool, reasons, mixed, budget), **fallback}
     manifest["mixed_precision"].update({
         "searched": True, "evaluations": evaluate.evaluations, "raised": sorted(result.raised),
         "float_share": round(float_share(result.best.plan, layers), 4), "bytes_all_mode": baseline,

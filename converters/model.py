@@ -121,6 +121,30 @@ class ScaledDotProductAttention(tf_keras.layers.Layer):
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
+class RuntimeOnes(tf_keras.layers.Layer):
+    """A (B, 1, 1) tensor of ones that depends on the input ids' values (which are never negative), so
+    that the converter cannot treat what it multiplies as a constant (see ChannelScale)."""
+
+    def call(self, input_ids):  # (B, S) int32
+        nonnegative = tf.greater_equal(tf.reduce_min(input_ids, axis=1, keepdims=True), 0)  # (B, 1)
+        return tf.reshape(tf.cast(nonnegative, tf.float32), [-1, 1, 1])  # (B, 1, 1)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
+class ChannelScale(tf_keras.layers.Layer):
+    """x * scale, one factor per channel: the smoothing of a dense layer's input that outlier equalization
+    (converters/outliers.py) sets, the inverse folded into that layer's weights. Ones until it is set.
+    A constant factor the TensorFlow converter would fold into the next layer's weights, undoing the
+    smoothing before quantization; through RuntimeOnes it cannot."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight("scale", shape=(input_shape[-1],), initializer="ones", trainable=False)
+
+    def call(self, x, ones):  # (B, S, H), (B, 1, 1)
+        return x * (ones * self.scale)  # (B, S, H)
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
 class FirstToken(tf_keras.layers.Layer):
     """The [CLS] position, which the pooler reads."""
 
@@ -192,27 +216,38 @@ def _dropout(rate: float, name: str):
     return tf_keras.layers.Dropout(rate, name=name) if rate else (lambda x: x)
 
 
-def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0, cls_only: bool = False):
+def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0, cls_only: bool = False,
+                  ones=None):
     """One transformer layer (post-LayerNorm, as in BERT). After structured pruning a layer may have
     fewer heads (N_l, width W_l = N_l * D) and neurons (I_l) than the config's uniform shape.
 
     `cls_only` computes the layer for the [CLS] row alone (R = 1 rows instead of S): its query,
     attention output, LayerNorms and feed-forward; keys and values still come from every token. The
-    pooler reads nothing else, so a classifier's last layer gives the same answer for 1/S of that work."""
+    pooler reads nothing else, so a classifier's last layer gives the same answer for 1/S of that work.
+
+    With `ones` (RuntimeOnes' output) a ChannelScale goes in front of the query/key/value and the
+    intermediate layer, for outlier equalization; the residual connections still add the unscaled
+    LayerNorm outputs."""
     p = f"layer_{index}"
     dense = tf_keras.layers.Dense
     width = config.attention_width(index)
     rows = FirstRow(name=f"{p}_first_row")(x) if cls_only else x  # (B, R, H)
-    query = dense(width, name=f"{p}_query")(rows)  # (B, R, W_l)
-    key = dense(width, name=f"{p}_key")(x)  # (B, S, W_l)
-    value = dense(width, name=f"{p}_value")(x)  # (B, S, W_l)
+    smoothing = ones is not None
+    attention_in = ChannelScale(name=f"{p}_attention_input_scale")(x, ones) if smoothing else x  # (B, S, H)
+    query_in = attention_in  # (B, R, H)
+    if cls_only:
+        query_in = FirstRow(name=f"{p}_first_row_scaled")(attention_in) if smoothing else rows
+    query = dense(width, name=f"{p}_query")(query_in)  # (B, R, W_l)
+    key = dense(width, name=f"{p}_key")(attention_in)  # (B, S, W_l)
+    value = dense(width, name=f"{p}_value")(attention_in)  # (B, S, W_l)
     context = ScaledDotProductAttention(config.heads_in(index), dropout,
                                         name=f"{p}_attention")(query, key, value, mask_bias)  # (B, R, W_l)
     attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, R, H)
     attended = _dropout(dropout, f"{p}_attention_dropout")(attended)
     x = _layer_norm(config, f"{p}_attention_layer_norm")(rows + attended)  # (B, R, H)
+    inner_in = ChannelScale(name=f"{p}_intermediate_input_scale")(x, ones) if smoothing else x  # (B, R, H)
     inner = dense(config.intermediate_in(index), activation=_activation(config.activation),
-                  name=f"{p}_intermediate")(x)  # (B, R, I_l)
+                  name=f"{p}_intermediate")(inner_in)  # (B, R, I_l)
     out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, R, H)
     return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, R, H)
 
@@ -220,14 +255,15 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
 def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
                dropout: float = 0.0, masked_score: float = MASKED_SCORE,
                pooling: SentencePooling | None = None, cls_only_last_layer: bool = False,
-               shared_position_table: bool = False) -> tf_keras.Model:
+               shared_position_table: bool = False, smoothing: bool = False) -> tf_keras.Model:
     """The encoder (outputs `sequence_output`, `pooled_output`), with num_labels a classifier (output
     `logits`), or with a sentence-transformers `pooling` a sentence embedder (output
     `sentence_embedding`, no BERT pooler). seq_len None builds a model for any length up to
     max_positions. `dropout` is for fine-tuning (BERT uses 0.1); the weights are the same without it.
     `cls_only_last_layer` computes the last layer for the [CLS] row alone (see encoder_layer): for
     models whose outputs read nothing else, a classifier or a [CLS]-pooled embedder.
-    `shared_position_table` is for exports with several lengths (see PositionEmbedding)."""
+    `shared_position_table` is for exports with several lengths (see PositionEmbedding). `smoothing` adds
+    the ChannelScale layers outlier equalization sets (see encoder_layer)."""
     if cls_only_last_layer and not reads_only_cls(num_labels, pooling):
         raise ValueError("a [CLS]-only last layer needs a model whose outputs read only [CLS]")
     inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
@@ -239,9 +275,10 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
                           name="position_embeddings")(words + types, inputs["input_ids"])  # (B, S, H)
     x = _dropout(dropout, "embeddings_dropout")(_layer_norm(config, "embeddings_layer_norm")(x))  # (B, S, H)
     mask_bias = AttentionMaskBias(masked_score, name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
+    ones = RuntimeOnes(name="runtime_ones")(inputs["input_ids"]) if smoothing else None  # (B, 1, 1)
     for index in range(config.num_layers):
         last = index == config.num_layers - 1
-        x = encoder_layer(x, mask_bias, config, index, dropout, cls_only=cls_only_last_layer and last)
+        x = encoder_layer(x, mask_bias, config, index, dropout, cls_only=cls_only_last_layer and last, ones=ones)
     if pooling is not None:
         embedding = sentence_embedding(x, inputs["attention_mask"], pooling)  # (B, H)
         return tf_keras.Model(inputs, {"sentence_embedding": embedding}, name="bert_sentence_encoder")

@@ -70,6 +70,9 @@ class ConvertOptions:
     layer_overrides: tuple[Override, ...] = ()
     mixed_precision: bool = True
     mixed_precision_budget: float = DEFAULT_BUDGET  # largest share of weights kept float32
+    # A dynamic-int8 export that misses its thresholds is made again with outlier equalization
+    # (converters/outliers.py: smoothing, value rotation, GPTQ) before any layer's precision is raised.
+    equalize: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
@@ -232,6 +235,22 @@ def _cls_only_last_layer(options: ConvertOptions, num_labels: int, pooling: Sent
     return possible and options.last_layer is not LastLayer.FULL
 
 
+def _may_equalize(options: ConvertOptions) -> bool:
+    """Outlier equalization is for the converter's dynamic-int8 (per-channel weights, so not --compat's
+    per-tensor ones) when the user left the layers' precisions to edgebert."""
+    return (options.equalize and options.quantize is QuantizeMode.DYNAMIC_INT8 and options.compat is None
+            and not options.layer_overrides)
+
+
+def _passes(check: ExportCheck, model_bytes: bytes, scratch: Path) -> bool:
+    path = scratch / "plain.tflite"
+    path.write_bytes(model_bytes)
+    try:
+        return check.passes(check.measure(TFLiteModel(path)))
+    finally:
+        path.unlink()
+
+
 def golden_examples(tflite: TFLiteModel, tokenizer, lengths: tuple, mode: QuantizeMode) -> dict:
     """A few texts with their ids and the exported model's own outputs, for checks on the device: at
     every length of a model with length buckets."""
@@ -354,9 +373,26 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
+        equalized = None
+        if _may_equalize(options) and not _passes(check, model_bytes, Path(scratch)):
+            log(f"the converter's {mode.value} export misses its thresholds; exporting again with outlier "
+                "equalization (smoothing, value rotation, GPTQ)")
+            from converters import outliers
+
+            texts = _texts(outliers.CALIBRATION_TEXTS, options.calibration_file)
+            equalized = outliers.equalize(
+                model, lambda: build_bert(config, None if options.buckets else seq_len, num_labels, pooling=pooling,
+                                          cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),
+                                          smoothing=True),
+                config, _encode_each(tokenizer, texts, seq_len), log)
+            exported = equalized.model
+            with native_output_silenced():
+                model_bytes = equalized.refine(
+                    export_tflite(exported, seq_len, mode, None, options.compat, options.buckets))
         quantized = finish_export(
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
-            options.mixed_precision_budget, check, Path(scratch), log)
+            options.mixed_precision_budget, check, Path(scratch), log,
+            refine=equalized.refine if equalized else None)
         model_bytes, validation = quantized.model, quantized.validation
         # A classifier's logits become probabilities (a SOFTMAX in the graph); a classifier or sentence embedding
         # carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
@@ -410,7 +446,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size,
                       "max_word_chars": source.max_word_chars},
         "ops": ops,
-        "quantization": quantized.manifest,
+        "quantization": {**quantized.manifest, **({"equalization": equalized.record} if equalized else {})},
         "validation": {**validation, "runtime": runtime},
         **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},

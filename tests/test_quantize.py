@@ -18,8 +18,11 @@ PLANTED = "layer_1/intermediate"
 
 
 def _convert(source, out, log=None, **options):
+    """Outlier equalization off unless asked: it would fix the planted layer (test_outliers.py) before the
+    mixed-precision search these tests are about could raise it."""
     from converters.pipeline import ConvertOptions, convert
 
+    options.setdefault("equalize", False)
     return convert(source, out, ConvertOptions(seq_len=SEQ_LEN, validation_size=8, **options),
                    log=log or (lambda message: None))
 
@@ -273,11 +276,11 @@ def test_budget_and_recipe_values_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_real_minilm_converts_by_default_within_the_thresholds(minilm_dir, tmp_path):
-    """all-MiniLM-L6-v2's plain dynamic-int8 export misses (sentence-embedding min cosine 0.994 against
-    float, threshold 0.999): the default convert still succeeds, by mixed precision, at 0.999 on its
-    validation texts, and holds up on text the search never saw (SST-2 dev, when present: measured
-    0.99905 on these 200 sentences and 0.99817 on all 872, where the converter's all-int8 gives 0.99396;
-    the margin here leaves room for other CPUs' kernels)."""
+    """all-MiniLM-L6-v2's plain dynamic-int8 export misses (sentence-embedding min cosine 0.997 on the
+    validation texts, 0.994 on SST-2 dev, threshold 0.999): the default convert equalizes its outlier
+    channels (converters/outliers.py) and passes at 0.999 on its validation texts, at about all-int8's
+    bytes, and holds up on text it never saw (SST-2 dev, when present; the README gives the figures on
+    all 872 sentences; the margin here leaves room for other CPUs' kernels)."""
     from conftest import SHARED_DATA
 
     from converters.pipeline import ConvertOptions, convert
@@ -286,14 +289,19 @@ def test_real_minilm_converts_by_default_within_the_thresholds(minilm_dir, tmp_p
 
     manifest = convert(minilm_dir, tmp_path / "b", ConvertOptions()).manifest
     assert manifest["validation"]["outputs"]["sentence_embedding"]["min_cosine"] >= 0.999
-    mixed = manifest["quantization"]["mixed_precision"]
-    assert mixed["searched"] and 0 < len(mixed["raised"]) < 37 and mixed["float_share"] <= mixed["budget"]
+    quantization = manifest["quantization"]
+    assert quantization["equalization"]["gptq"]["layers"] == 36
+    assert not quantization["tensorflow_converter"]["passed"]
+    mixed = quantization["mixed_precision"]
+    assert len(mixed.get("raised", [])) <= 4 and mixed.get("float_share", 0) <= mixed["budget"]
+    float_bundle = convert(minilm_dir, tmp_path / "f", ConvertOptions(quantize="float32")).bundle_dir
+    # all-int8 is 0.256x float32's bytes; the issue allows 1.15x that
+    assert manifest["sizes"]["model_bytes"] <= 0.295 * (float_bundle / "model.tflite").stat().st_size
 
     dev = SHARED_DATA / "glue" / "SST-2" / "dev.tsv"
     if not dev.is_file():
         return
     texts = [line.split("\t")[0] for line in dev.read_text(encoding="utf-8").splitlines()[1:201]]
-    float_bundle = convert(minilm_dir, tmp_path / "f", ConvertOptions(quantize="float32")).bundle_dir
     tokenizer = tokenization.load_tokenizer(tmp_path / "b" / "tokenizer.json")
     exported, reference = TFLiteModel(tmp_path / "b" / "model.tflite"), TFLiteModel(float_bundle / "model.tflite")
     cosines = []

@@ -61,6 +61,10 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--mixed-precision-budget", type=float, default=None, metavar="SHARE",
               help="Largest share of the layers' weights (at float32 size) the search may keep in float32 "
                    "(default 0.25); if no mix within it passes, nothing is written.")
+@click.option("--equalize", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: a dynamic-int8 export that misses its thresholds is made again with outlier equalization "
+                   "(smoothing, value rotation, GPTQ; same float function, less int8 error) before the mixed-"
+                   "precision search raises any layer. off: never.")
 @click.option("--seq-len", default="128", show_default=True,
               help="Fixed sequence length, 'dynamic', or comma-separated lengths (e.g. 16,32,64,128): length "
                    "buckets, one signature per length in one model.tflite sharing the weights; each text runs "
@@ -97,7 +101,7 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--keep-work", is_flag=True, help="With --recipe: keep DIR.recipe-work (each step's checkpoint).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.pass_context
-def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, seq_len, last_layer, head, compat,
+def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, equalize, seq_len, last_layer, head, compat,
             calibration_file, labels, lowercase, eval_file,
             eval_text_columns, eval_label_column, recipe, task_file, dev_file, corpus_files, keep_work, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
@@ -117,7 +121,7 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
     precision = {"mixed_precision": mixed_precision == "on" if given(ctx, "mixed_precision") else None,
                  "mixed_precision_budget": mixed_precision_budget}
     common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),
-                  lowercase=lowercase, force=force, eval_file=eval_file,
+                  lowercase=lowercase, force=force, eval_file=eval_file, equalize=equalize == "auto",
                   eval_text_columns=parse_columns(eval_text_columns), eval_label_column=parse_column(eval_label_column))
     if recipe is None:
         if task_file or dev_file or corpus_files or keep_work:

@@ -1,0 +1,163 @@
+"""Outlier equalization (converters/outliers.py): the same float function, less int8 error.
+
+The real-weights case (all-MiniLM-L6-v2) is in test_quantize.py's slow test; here tiny random models
+built in the test, one of them with an outlier planted where real BERTs have them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_quantize import PLANTED, SEQ_LEN, _convert, planted  # noqa: F401  (planted: a fixture)
+
+
+def _interpreter(model_bytes):
+    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_content=model_bytes)
+
+
+def _inputs(rng, count, vocab=100, length=SEQ_LEN):
+    real = rng.integers(4, length + 1, count)
+    examples = []
+    for n in real:
+        ids = np.zeros((1, length), np.int32)
+        ids[0, :n] = rng.integers(5, vocab, n)
+        mask = (ids > 0).astype(np.int32)
+        examples.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+    return examples
+
+
+@pytest.fixture(scope="module")
+def models(tiny_config):
+    """A tiny float model with large LayerNorm gains in a few hidden dimensions (outlier channels, as in
+    real BERTs), and its equalized copy."""
+    from converters import outliers
+    from converters.google_checkpoint import random_weights
+    from converters.model import build_bert, set_google_weights
+
+    weights = random_weights(tiny_config, seed=3)
+    for name in weights:
+        if name.endswith("LayerNorm/gamma"):
+            weights[name] = weights[name].copy()
+            weights[name][[7, 20]] *= 30.0
+    model = build_bert(tiny_config, SEQ_LEN)
+    set_google_weights(model, tiny_config, weights)
+    calibration = _inputs(np.random.default_rng(0), 24, tiny_config.vocab_size)
+    equalized = outliers.equalize(model, lambda: build_bert(tiny_config, SEQ_LEN, smoothing=True),
+                                  tiny_config, calibration)
+    return model, equalized
+
+
+def test_equalization_keeps_the_float_function(models):
+    model, equalized = models
+    for example in _inputs(np.random.default_rng(1), 4):
+        before, after = model(example), equalized.model(example)
+        for name in before:
+            np.testing.assert_allclose(after[name].numpy(), before[name].numpy(), atol=2e-5)
+
+
+def test_smoothing_flattens_the_outlier_channels_and_rotation_spreads_the_values(models, tiny_config):
+    model, equalized = models
+    from converters.outliers import head_rotation
+
+    scale = equalized.model.get_layer("layer_0_attention_input_scale").get_weights()[0]
+    assert scale[[7, 20]].max() < 0.5 * np.median(scale)  # the outlier channels are divided down most
+    rotation = head_rotation(tiny_config.hidden_size, tiny_config.head_size)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(len(rotation)), atol=1e-6)
+    value = model.get_layer("layer_0_value").get_weights()[0] / scale[:, None]  # smoothed, then rotated
+    np.testing.assert_allclose(equalized.model.get_layer("layer_0_value").get_weights()[0], value @ rotation,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_the_smoothing_survives_the_converter(models):
+    """The TensorFlow converter folds a constant multiply into the next dense layer's weights, which would
+    undo the smoothing before quantization; the graph keeps it as a MUL of its own."""
+    from converters.export import QuantizeMode, export_tflite
+
+    _, equalized = models
+    interpreter = _interpreter(export_tflite(equalized.model, SEQ_LEN, QuantizeMode.DYNAMIC_INT8))
+    names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    ops = [(op["op_name"], names[op["outputs"][0]]) for op in interpreter._get_ops_details()]
+    scaled = {name.split("/")[1] for op, name in ops if op == "MUL" and "_input_scale/" in name}
+    assert scaled == {f"layer_{i}_{part}_input_scale" for i in (0, 1) for part in ("attention", "intermediate")}
+    # A folded multiply would name itself in the dense layer's output: none does.
+    assert not [name for op, name in ops if op == "FULLY_CONNECTED" and "_input_scale" in name]
+
+
+def test_gptq_has_less_output_error_than_rounding_at_the_same_scales():
+    from converters.outliers import gptq
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(16, 64))
+    inputs = rng.normal(size=(512, 8)) @ rng.normal(size=(8, 64)) + 0.1 * rng.normal(size=(512, 64))
+    inputs[:, 3] *= 20
+    scales = np.abs(weights).max(1) / 127
+    integers = gptq(weights, inputs.T @ inputs, scales)
+    assert integers.dtype == np.int8 and np.abs(integers).max() <= 127
+    error = lambda q: np.linalg.norm(inputs @ (weights - q * scales[:, None]).T)  # noqa: E731
+    assert error(integers) < 0.8 * error(np.round(weights / scales[:, None]))
+
+
+def _int8_dense_layers(model_bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Keras layer name -> (int8 weights [out, in], per-channel scales) of each FULLY_CONNECTED."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model_from_bytearray(bytearray(model_bytes))
+    graph, layers = model.subgraphs[0], {}
+    for op in graph.operators:
+        if fb.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) != \
+                schema.BuiltinOperator.FULLY_CONNECTED:
+            continue
+        weights = graph.tensors[op.inputs[1]]
+        name = graph.tensors[op.outputs[0]].name.decode().split(";")[0].split("/")[1]
+        data = np.frombuffer(bytes(model.buffers[weights.buffer].data), np.int8).reshape(weights.shape)
+        layers[name] = (data.astype(np.float64), np.asarray(weights.quantization.scale, np.float64))
+    return layers
+
+
+def test_gptq_lowers_every_exported_layers_error_on_its_calibration_inputs(models):
+    """refine() rewrites the integers of every int8 dense layer the converter exported, at the
+    converter's scales, so that each layer's output error on the calibration inputs, (W - Q s) H (W - Q s)^T
+    with H their X^T X, is below round-to-nearest's; the query's folded 1/sqrt(head size) included."""
+    from converters.export import QuantizeMode, export_tflite
+
+    _, equalized = models
+    exported = export_tflite(equalized.model, SEQ_LEN, QuantizeMode.DYNAMIC_INT8)
+    rounded, refined = _int8_dense_layers(exported), _int8_dense_layers(equalized.refine(exported))
+    assert set(rounded) == set(equalized.hessians) and len(rounded) == 13  # 2 layers x 6 dense, the pooler
+    head_size = equalized.model.get_layer("layer_0_query").get_weights()[0].shape[1] // 4
+    for name, (integers, scales) in rounded.items():
+        weights = equalized.model.get_layer(name).get_weights()[0].T.astype(np.float64)
+        if name.endswith("_query"):
+            weights /= np.sqrt(head_size)  # what the converter folded in
+        np.testing.assert_allclose(scales, np.abs(weights).max(1) / 127, rtol=1e-5)
+        hessian = equalized.hessians[name]
+        error = lambda q: np.trace((weights - q * scales[:, None]) @ hessian  # noqa: E731
+                                   @ (weights - q * scales[:, None]).T)
+        assert np.array_equal(integers, np.round(weights / scales[:, None]))
+        assert error(refined[name][0]) < error(integers), name
+        assert np.array_equal(refined[name][1], scales)
+
+
+def test_the_planted_outlier_converts_without_raising_any_layer(planted, tmp_path):
+    """The planted model's plain dynamic int8 misses (test_quantize.py); equalized, it passes with every
+    layer int8, and the manifest says what was done."""
+    lines = []
+    manifest = _convert(planted, tmp_path / "b", log=lines.append, equalize=True).manifest
+    quantization = manifest["quantization"]
+    assert not quantization["mixed_precision"]["searched"] and manifest["validation"]["passed"]
+    assert {layer["precision"] for layer in quantization["layers"] if layer["name"].startswith("layer_")} == {"int8"}
+    assert quantization["equalization"]["gptq"]["layers"] == 13
+    assert any("outlier equalization" in line for line in lines)
+    assert PLANTED in {layer["name"] for layer in quantization["layers"]}
+
+
+def test_equalize_off_and_other_modes_leave_the_export_alone(planted, tiny_checkpoint, tmp_path):
+    from edgebert.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        _convert(planted, tmp_path / "off", equalize=False, mixed_precision=False)
+    assert not (tmp_path / "off").exists()
+    manifest = _convert(tiny_checkpoint, tmp_path / "plain", equalize=True).manifest  # passes as it is
+    assert "equalization" not in manifest["quantization"]
