@@ -141,9 +141,10 @@ def gptq(kernel, hessian, damp=0.01):
     return out[:, np.argsort(order)].T.astype(np.float32)
 
 
-def block_hadamard(width):
-    """Orthonormal block-diagonal Hadamard matrix: blocks of the largest power of two dividing width."""
-    block = int(np.gcd(width, 2 ** 30))
+def block_hadamard(width, block=None):
+    """Orthonormal block-diagonal Hadamard matrix: blocks of `block`, by default the largest power of two
+    dividing width."""
+    block = block or int(np.gcd(width, 2 ** 30))
     h = np.array([[1.0]])
     while len(h) < block:
         h = np.block([[h, h], [h, -h]])
@@ -268,7 +269,43 @@ def configs(study):
             weights = {n: round_to_nearest(kernels[n]) for n in s.names}
         return lambda n, x: dynamic_int8(transform[n](x)) @ weights[n] + bias(n), None
 
+    def plan(steps):
+        """Per kind of dense input: ("sq", alpha) smooths it, ("had", block) rotates it, absent leaves it;
+        GPTQ on every kernel, inputs int8. Rotating the attention output's input in head-sized blocks folds
+        into the value layer (free at run time); smoothing costs an elementwise multiply (post-LayerNorm
+        BERT adds the same tensor to its residual, so it cannot fold into the LayerNorm); any other
+        rotation is a float matmul at run time. `equalized` is what converters/outliers.py exports."""
+        transform, kernels, smoothing = {}, {}, {}
+        for n in s.names:
+            kind = next((k for k, ends in KINDS.items() if any(n.endswith(e) for e in ends)), None)
+            step = steps.get(kind)
+            if step and step[0] == "sq":
+                if step[1] not in smoothing:
+                    smoothing[step[1]] = s.smoothing(step[1])
+                scale = smoothing[step[1]][n]
+                transform[n], kernels[n] = (lambda x, c=scale: x / c), s.kernel(n) * scale[:, None]
+            elif step and step[0] == "had":
+                rotation = block_hadamard(s.kernel(n).shape[0], step[1])
+                transform[n], kernels[n] = (lambda x, r=rotation: x @ r), rotation.T @ s.kernel(n)
+            else:
+                transform[n], kernels[n] = (lambda x: x), s.kernel(n)
+        hessians = s.hessians(transform)
+        weights = {n: gptq(kernels[n], hessians[n]) for n in s.names}
+        return lambda n, x: dynamic_int8(transform[n](x)) @ weights[n] + bias(n), None
+
+    equalized = {"qkv": ("sq", 0.5), "intermediate": ("sq", 0.5), "attention_output": ("had", 32)}
     return {
+        "equalized (sq on LayerNorm outputs; had32 on attention output) + W gptq + A": lambda: plan(equalized),
+        **{f"equalized + had{b} on output + W gptq + A": (lambda b=b: plan({**equalized, "output": ("had", b)}))
+           for b in (16, 32, 64)},
+        "had32 everywhere + W gptq + A": lambda: plan({k: ("had", 32) for k in KINDS}),
+        "sq on LayerNorm outputs and output; had32 on attention output + W gptq + A":
+            lambda: plan({**equalized, "output": ("sq", 0.5)}),
+        "sq 0.7 on LayerNorm outputs; had32 on attention output + W gptq + A":
+            lambda: plan({**equalized, "qkv": ("sq", 0.7), "intermediate": ("sq", 0.7)}),
+        "had32 on attention output (folds into value) + W gptq + A": lambda: plan({"attention_output": ("had", 32)}),
+        "had32 on attention output + had16 on output + W gptq + A":
+            lambda: plan({"attention_output": ("had", 32), "output": ("had", 16)}),
         "W rtn": only_weights,
         "A": only_activations,
         **{f"A on {kind} only": (lambda kind=kind: only_activations(kind)) for kind in KINDS},

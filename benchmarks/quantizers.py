@@ -1,6 +1,6 @@
 """The TensorFlow converter against ai-edge-quantizer, mode by mode, and the product's default exports.
 
-    python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--runs 100] [--rounds 3]
+    python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--runs 100] [--rounds 3] [--rows NAMES]
 
 For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.tflite` per row:
 
@@ -9,7 +9,8 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
     dynamic-int8 tf | aeq       converter (per-channel dense, per-tensor embedding) | AEQ, every layer int8
     int8 tf | aeq               full integer, calibrated on samples/: converter | AEQ static_wi8_ai8
     dynamic-int4 aeq            AEQ, every layer int4 (the converter has no int4)
-    default dynamic-int8        what `edgebert convert` ships (mixed precision when all-int8 misses)
+    default dynamic-int8        what `edgebert convert` ships (outlier equalization, then mixed precision,
+                                when all-int8 misses)
     default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
 
 and measures each with the LiteRT interpreter (XNNPACK, 1 thread, seq 128): bytes; p50 latency over
@@ -39,8 +40,12 @@ def _texts(path: Path | None, limit: int | None) -> list[str]:
     return [line.split("\t")[0] for line in lines][:limit]
 
 
-def _export_rows(source_path: str, out: Path, seq_len: int, log) -> dict[str, Path]:
-    """Every row's .tflite, written into out (reused when present)."""
+ROWS = ("float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
+        "dynamic-int4 aeq", "default dynamic-int8", "default dynamic-int4")
+
+
+def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[str, ...] = ROWS) -> dict[str, Path]:
+    """Every wanted row's .tflite (and float32's, the reference), written into out (reused when present)."""
     from converters.export import QuantizeMode, export_tflite
     from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
     from converters.pipeline import (
@@ -53,9 +58,7 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log) -> dict[str, Pa
     from converters.sources import load_source
     from edgebert.quiet import native_output_silenced
 
-    rows = {name: out / f"{name.replace(' ', '-')}.tflite" for name in (
-        "float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
-        "dynamic-int4 aeq", "default dynamic-int8", "default dynamic-int4")}
+    rows = {name: out / f"{name.replace(' ', '-')}.tflite" for name in ROWS if name in wanted or name == "float32"}
     if all(path.is_file() for path in rows.values()):
         return rows
     source = load_source(source_path)
@@ -68,7 +71,7 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log) -> dict[str, Pa
     calibration = _encode_each(tokenizer, calibration_texts(100), seq_len)
 
     def write(name, make):
-        if not rows[name].is_file():
+        if name in rows and not rows[name].is_file():
             log(f"exporting {name}")
             with native_output_silenced():
                 rows[name].write_bytes(make())
@@ -84,7 +87,7 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log) -> dict[str, Pa
     write("int8 aeq", lambda: _aeq_static_int8(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
     for mode in ("dynamic-int8", "dynamic-int4"):
         name = f"default {mode}"
-        if not rows[name].is_file():
+        if name in rows and not rows[name].is_file():
             log(f"converting {name} (the product's default, mixed precision on)")
             started = time.perf_counter()
             result = convert(source_path, out / f"{mode}.bundle", ConvertOptions(quantize=mode, seq_len=seq_len,
@@ -192,10 +195,16 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", default=",".join(ROWS), metavar="NAMES",
+                        help=f"comma-separated rows to export and measure (float32 always); default all: {', '.join(ROWS)}")
     args = parser.parse_args(argv)
+    wanted = tuple(name.strip() for name in args.rows.split(",") if name.strip())
+    unknown = [name for name in wanted if name not in ROWS]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r}; the rows are {', '.join(ROWS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda message: print(message, flush=True)
-    rows = _export_rows(args.source, args.out, args.seq_len, log)
+    rows = _export_rows(args.source, args.out, args.seq_len, log, wanted)
 
     from converters.pipeline import _encode_each, bundle_tokenizer
     from converters.sources import load_source
