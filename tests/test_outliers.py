@@ -161,3 +161,16 @@ def test_equalize_off_and_other_modes_leave_the_export_alone(planted, tiny_check
     assert not (tmp_path / "off").exists()
     manifest = _convert(tiny_checkpoint, tmp_path / "plain", equalize=True).manifest  # passes as it is
     assert "equalization" not in manifest["quantization"]
+
+
+def test_a_classifier_with_length_buckets_and_a_cls_only_last_layer_is_equalized_too(tiny_config, tmp_path):
+    """The [CLS]-only last layer reads its query from the first smoothed row; each length's signature
+    shares the GPTQ'd weights; the probabilities are validated at every length."""
+    from test_quantize import _planted
+
+    manifest = _convert(_planted(tmp_path, tiny_config, num_labels=3), tmp_path / "b", equalize=True,
+                        buckets=(16,)).manifest
+    assert manifest["recipe"]["last_layer"] == "cls" and manifest["recipe"]["seq_lens"] == [16, SEQ_LEN]
+    assert manifest["quantization"]["equalization"]["gptq"]["layers"] == 13
+    assert not manifest["quantization"]["mixed_precision"]["searched"]
+    assert manifest["validation"]["passed"] and set(manifest["validation"]["lengths"]) == {"16", str(SEQ_LEN)}
