@@ -154,8 +154,9 @@ def equalize(model, rebuild: Callable[[], object], config, calibration: list[dic
     dicts of real text."""
     names = _dense_names(model)
     log(f"outlier equalization: smoothing and rotating, then GPTQ's Hessians over {len(calibration)} texts")
+    smoothed = [f"layer_{i}_{part}" for i in range(config.num_layers) for part in ("key", "intermediate")]
     peaks: dict[str, np.ndarray] = {}
-    for rows in _layer_inputs(model, names, calibration):
+    for rows in _layer_inputs(model, smoothed, calibration):
         for name, value in rows.items():
             peak = np.abs(value).max(0)
             peaks[name] = np.maximum(peaks.get(name, peak), peak)

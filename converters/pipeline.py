@@ -242,11 +242,15 @@ def _may_equalize(options: ConvertOptions) -> bool:
             and not options.layer_overrides)
 
 
-def _passes(check: ExportCheck, model_bytes: bytes, scratch: Path) -> bool:
+def _shortfall(check: ExportCheck, model_bytes: bytes, scratch: Path) -> float:
+    """The export's validation shortfall (validate.shortfall: 1.0 = on the threshold; it passes below)."""
+    from converters.validate import shortfall
+
     path = scratch / "plain.tflite"
     path.write_bytes(model_bytes)
     try:
-        return check.passes(check.measure(TFLiteModel(path)))
+        report = check.measure(TFLiteModel(path))
+        return 0.0 if check.passes(report) else shortfall(report, check.mode)
     finally:
         path.unlink()
 
@@ -373,10 +377,10 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
-        equalized = None
-        if _may_equalize(options) and not _passes(check, model_bytes, Path(scratch)):
-            log(f"the converter's {mode.value} export misses its thresholds; exporting again with outlier "
-                "equalization (smoothing, value rotation, GPTQ)")
+        equalized, missed = None, _shortfall(check, model_bytes, Path(scratch)) if _may_equalize(options) else 0.0
+        if missed:
+            log(f"the converter's {mode.value} export misses its thresholds (shortfall {missed:.3g}); exporting "
+                "again with outlier equalization (smoothing, value rotation, GPTQ)")
             from converters import outliers
 
             texts = _texts(outliers.CALIBRATION_TEXTS, options.calibration_file)
@@ -385,6 +389,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                                           cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),
                                           smoothing=True),
                 config, _encode_each(tokenizer, texts, seq_len), log)
+            equalized.record["plain_export_shortfall"] = round(missed, 4)
             exported = equalized.model
             with native_output_silenced():
                 model_bytes = equalized.refine(
