@@ -175,3 +175,12 @@ def test_a_classifier_with_length_buckets_and_a_cls_only_last_layer_is_equalized
     assert manifest["quantization"]["equalization"]["gptq"]["layers"] == 13
     assert not manifest["quantization"]["mixed_precision"]["searched"]
     assert manifest["validation"]["passed"] and set(manifest["validation"]["lengths"]) == {"16", str(SEQ_LEN)}
+
+
+def test_a_missing_calibration_file_is_one_line_and_writes_nothing(planted, tmp_path):
+    from edgebert.errors import UsageError
+
+    with pytest.raises(UsageError) as error:
+        _convert(planted, tmp_path / "b", equalize=True, calibration_file=tmp_path / "missing.txt")
+    assert "\n" not in str(error.value) and "missing.txt" in str(error.value)
+    assert not (tmp_path / "b").exists()

@@ -77,7 +77,8 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
                                       "sentence-transformers folder, else encoder.")
 @click.option("--compat", default=None, help="tflite-runtime-2.14: a dynamic-int8 model old runtimes load.")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
-              help="int8 calibration text, one sentence per line (default: samples/).")
+              help="Calibration text, one sentence per line, for int8 and for outlier equalization's smoothing "
+                   "and GPTQ (default: samples/).")
 @click.option("--labels", default=None, help="Comma-separated label names for a classifier.")
 @click.option("--uncased/--cased", "lowercase", default=None,
               help="Override the casing inferred from the checkpoint.")
