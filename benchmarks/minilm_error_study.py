@@ -144,11 +144,10 @@ def gptq(kernel, hessian, damp=0.01):
 def block_hadamard(width, block=None):
     """Orthonormal block-diagonal Hadamard matrix: blocks of `block`, by default the largest power of two
     dividing width."""
+    from converters.outliers import hadamard
+
     block = block or int(np.gcd(width, 2 ** 30))
-    h = np.array([[1.0]])
-    while len(h) < block:
-        h = np.block([[h, h], [h, -h]])
-    return np.kron(np.eye(width // block), h / math.sqrt(block)).astype(np.float32)
+    return np.kron(np.eye(width // block), hadamard(block)).astype(np.float32)
 
 
 class Study:

@@ -104,7 +104,8 @@ class Equalized:
     """The export model with smoothing and rotation applied, and what GPTQ needs to refine its exports."""
     model: object  # tf_keras.Model, the same float function as the original
     hessians: dict[str, np.ndarray]  # Dense layer name -> X^T X of its inputs on the calibration text
-    record: dict  # for the manifest
+    texts: int  # calibration texts the smoothing and the Hessians saw
+    value_block: int  # the value rotation's Hadamard block
     _cache: dict = field(default_factory=dict)
 
     def refine(self, model_bytes: bytes) -> bytes:
@@ -114,7 +115,28 @@ class Equalized:
 
         schema, fb = quantize._schema()
         tflite = fb.read_model_from_bytearray(bytearray(model_bytes))
-        done = set()
+        for name, tensor, buffer in self._gptq_layers(tflite, schema, fb):
+            scales = np.asarray(tensor.quantization.scale, np.float64)
+            buffer.data = np.frombuffer(self._integers(name, scales).tobytes(), np.uint8)
+        return quantize._serialize(tflite, fb)
+
+    def manifest(self, model_bytes: bytes, plain_shortfall: float) -> dict:
+        """The manifest's `quantization.equalization` for the model that is shipped."""
+        from converters import quantize
+
+        schema, fb = quantize._schema()
+        tflite = fb.read_model_from_bytearray(bytearray(model_bytes))
+        return {"plain_export_shortfall": round(plain_shortfall, 4),
+                "smoothing": {"alpha": SMOOTHING_ALPHA, "inputs": ["query/key/value", "intermediate"]},
+                "value_rotation": f"Hadamard, blocks of {self.value_block}",
+                "gptq": {"texts": self.texts, "layers": len(self._gptq_layers(tflite, schema, fb))}}
+
+    def _gptq_layers(self, tflite, schema, fb) -> list:
+        """(Keras layer name, weight tensor, buffer) of each int8 dense layer GPTQ refines, once per buffer:
+        per-channel int8 weights (not --compat's one scale per tensor) of a layer it has a Hessian for."""
+        from converters import quantize
+
+        found, seen = [], set()
         for graph in tflite.subgraphs:
             for op in graph.operators:
                 if fb.get_builtin_code_from_operator_code(
@@ -122,18 +144,12 @@ class Equalized:
                     continue
                 tensor = graph.tensors[op.inputs[1]]
                 buffer = tflite.buffers[tensor.buffer]
-                name = graph.tensors[op.outputs[0]].name.decode()
-                keras_name = quantize._layer_name(name).replace("/", "_")
-                if (tensor.type != schema.TensorType.INT8 or buffer.data is None or tensor.buffer in done
-                        or keras_name not in self.hessians):
-                    continue
-                scales = np.asarray(tensor.quantization.scale, np.float64)
-                if len(scales) != tensor.shape[0]:
-                    continue  # one scale for the whole tensor (--compat): not what GPTQ is given here
-                buffer.data = np.frombuffer(self._integers(keras_name, scales).tobytes(), np.uint8)
-                done.add(tensor.buffer)
-        self.record["gptq"]["layers"] = max(self.record["gptq"]["layers"], len(done))
-        return quantize._serialize(tflite, fb)
+                name = quantize._layer_name(graph.tensors[op.outputs[0]].name.decode()).replace("/", "_")
+                if (tensor.type == schema.TensorType.INT8 and buffer.data is not None and tensor.buffer not in seen
+                        and name in self.hessians and len(tensor.quantization.scale) == tensor.shape[0]):
+                    seen.add(tensor.buffer)
+                    found.append((name, tensor, buffer))
+        return found
 
     def _integers(self, name: str, scales: np.ndarray) -> np.ndarray:
         key = (name, hashlib.sha256(scales.tobytes()).hexdigest())
@@ -173,10 +189,7 @@ def equalize(model, rebuild: Callable[[], object], config, calibration: list[dic
     for rows in _layer_inputs(equalized, names, calibration):
         for name, value in rows.items():
             hessians[name] = hessians.get(name, 0) + value.T @ value
-    record = {"smoothing": {"alpha": SMOOTHING_ALPHA, "inputs": ["query/key/value", "intermediate"]},
-              "value_rotation": f"Hadamard, blocks of {config.head_size & -config.head_size}",
-              "gptq": {"texts": len(calibration), "layers": 0}}
-    return Equalized(equalized, hessians, record)
+    return Equalized(equalized, hessians, len(calibration), config.head_size & -config.head_size)
 
 
 def _smooth(model, scale_layer: str, dense_layers: list[str], input_peak: np.ndarray) -> None:

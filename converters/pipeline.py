@@ -389,8 +389,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                                           cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),
                                           smoothing=True),
                 config, _encode_each(tokenizer, texts, seq_len), log)
-            equalized.record["plain_export_shortfall"] = round(missed, 4)
-            exported = equalized.model
+            exported = equalized.model  # export_float32() exports this from now on
             with native_output_silenced():
                 model_bytes = equalized.refine(
                     export_tflite(exported, seq_len, mode, None, options.compat, options.buckets))
@@ -451,7 +450,8 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "tokenizer": {"file": bundle.TOKENIZER_FILE, "lowercase": source.lowercase, "vocab_size": config.vocab_size,
                       "max_word_chars": source.max_word_chars},
         "ops": ops,
-        "quantization": {**quantized.manifest, **({"equalization": equalized.record} if equalized else {})},
+        "quantization": {**quantized.manifest,
+                         **({"equalization": equalized.manifest(model_bytes, missed)} if equalized else {})},
         "validation": {**validation, "runtime": runtime},
         **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},

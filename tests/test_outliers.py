@@ -184,3 +184,16 @@ def test_a_missing_calibration_file_is_one_line_and_writes_nothing(planted, tmp_
         _convert(planted, tmp_path / "b", equalize=True, calibration_file=tmp_path / "missing.txt")
     assert "\n" not in str(error.value) and "missing.txt" in str(error.value)
     assert not (tmp_path / "b").exists()
+
+
+def test_the_manifest_counts_the_gptq_layers_of_the_shipped_model(models):
+    """A layer the mixed-precision search keeps float32 has no integers for GPTQ to choose: the record
+    counts what the shipped model holds, not what was calibrated."""
+    from converters.export import QuantizeMode, export_tflite
+
+    _, equalized = models
+    quantized = equalized.refine(export_tflite(equalized.model, SEQ_LEN, QuantizeMode.DYNAMIC_INT8))
+    assert equalized.manifest(quantized, 2.5)["gptq"]["layers"] == 13
+    assert equalized.manifest(quantized, 2.5)["plain_export_shortfall"] == 2.5
+    float_model = export_tflite(equalized.model, SEQ_LEN, QuantizeMode.FLOAT32)
+    assert equalized.manifest(float_model, 2.5)["gptq"]["layers"] == 0
