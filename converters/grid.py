@@ -1,7 +1,8 @@
-"""The BERT Miniatures' protocol as one run: for each (variant, task), the fine-tuning search (batch sizes
+"""The BERT Miniatures' protocol as one run: for each (variant or model, task), the fine-tuning search (batch sizes
 {8,16,32,64,128} x learning rates {3e-4,1e-4,5e-5,3e-5}, 4 epochs, early stopping on dev), the best run
 on dev exported to dynamic int8 (or through a recipe), scored from its .tflite on dev, and benchmarked;
-then the paper's table (rows L, columns H, one table per task).
+then the paper's table (rows L, columns H, one table per task). Checkpoints given by path (--models: a real
+pretrained model such as all-MiniLM-L6-v2) run the same protocol and are listed beside that table.
 
 The search's runs go one after another here, or as Ray Tune trials on a cluster
 (converters.distributed); the results are the same files either way:
@@ -26,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +46,23 @@ PAPER_SST2_TEST = {(2, 128): 83.2, (4, 256): 85.9, (4, 512): 89.7, (8, 512): 89.
 
 
 @dataclass(frozen=True)
+class GridRow:
+    """What a row of grid.json and the tables calls a model: a miniature variant, or a checkpoint given by
+    path (any BERT-architecture model; its shape is read from its config, None when it cannot be loaded)."""
+    name: str
+    short_name: str
+    layers: int | None
+    hidden: int | None
+    miniature: bool
+
+
+def model_name(path: Path) -> str:
+    """A checkpoint's name for the tables and file names: its folder's (or archive's) name, e.g. all-MiniLM-L6-v2."""
+    name = path.name[:-4] if path.suffix == ".zip" else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+@dataclass(frozen=True)
 class GridPlan:
     variants: tuple[Variant, ...]
     tasks: tuple[str, ...]  # folder names under data: SST-2, CoLA, MRPC, ...
@@ -58,10 +77,18 @@ class GridPlan:
     threads: int = 1
     runs: int = 30
     warmup: int = 5
+    models: tuple[Path, ...] = ()  # checkpoints by path (--models): real models beside the miniatures
 
     def __post_init__(self):
-        if not self.variants or not self.tasks:
-            raise UsageError("a grid needs at least one variant and one task")
+        if not (self.variants or self.models) or not self.tasks:
+            raise UsageError("a grid needs at least one variant or model, and one task")
+        for path in self.models:
+            if not Path(path).exists():
+                raise UsageError("no such checkpoint (--models)", path)
+        names = [model_name(Path(path)) for path in self.models] + [v.short_name for v in self.variants]
+        clash = next((name for name in names if names.count(name) > 1), None)
+        if clash:
+            raise UsageError(f"two models of the grid would both be called {clash!r}; give each its own folder name")
         if not self.batch_sizes or not self.learning_rates:
             raise UsageError("a grid needs at least one batch size and one learning rate")
         for task in self.tasks:
@@ -112,26 +139,31 @@ def _run_grid(plan: GridPlan, out_dir: Path, log: Log, run_trials, restart: bool
     from edgebert.tasks import load_task
 
     cells, bench_results = [], []
-    total, done = len(plan.variants) * len(plan.tasks), 0
-    for variant in plan.variants:
+    entries = [*plan.variants, *(Path(path) for path in plan.models)]
+    total, done = len(entries) * len(plan.tasks), 0
+    for entry in entries:
         try:
-            checkpoint = resolve_checkpoint(variant, SweepPlan(variants=(variant,), checkpoints=plan.checkpoints,
-                                                               download=plan.download), out_dir, log)
+            if isinstance(entry, Path):
+                checkpoint = entry
+            else:
+                checkpoint = resolve_checkpoint(entry, SweepPlan(variants=(entry,), checkpoints=plan.checkpoints,
+                                                                 download=plan.download), out_dir, log)
             source = load_source(checkpoint)
             source_error = None
         except OutputError:
             raise
         except Exception as error:  # noqa: BLE001 - a broken variant is recorded; the grid goes on
             source, source_error = None, ft.one_line_error(error)
+        row = _row(entry, source)
         for task in plan.tasks:
             done += 1
-            name = f"{variant.short_name}.{task}"
+            name = f"{row.short_name}.{task}"
             log(f"[{done}/{total}] {name}")
             cell_file = out_dir / "cells" / f"{name}.json"
             if source is None:
-                cell = _failed_cell(variant, task, f"no checkpoint: {source_error}")
+                cell = _failed_cell(row, task, f"no checkpoint: {source_error}")
             else:
-                cell = _cell(plan, variant, task, source, out_dir, cell_file, log, run_trials, restart, progress,
+                cell = _cell(plan, row, task, source, out_dir, cell_file, log, run_trials, restart, progress,
                              load_task)
             cells.append(cell)
             if cell.get("bench"):
@@ -146,21 +178,32 @@ def _run_grid(plan: GridPlan, out_dir: Path, log: Log, run_trials, restart: bool
     return {"plan": _plan_record(plan), "cells": cells}
 
 
+def _row(entry: Variant | Path, source) -> GridRow:
+    if isinstance(entry, Variant):
+        return GridRow(entry.name, entry.short_name, entry.layers, entry.hidden, miniature=True)
+    layers, hidden = (source.config.num_layers, source.config.hidden_size) if source is not None else (None, None)
+    return GridRow(model_name(entry), model_name(entry), layers, hidden, miniature=False)
+
+
 def _plan_record(plan: GridPlan) -> dict:
     return json.loads(json.dumps({**dataclasses.asdict(plan), "variants": [v.name for v in plan.variants],
                                   "options": plan.options.fingerprint()}, default=str))
 
 
-def _failed_cell(variant: Variant, task: str, error: str) -> dict:
-    return {"variant": variant.name, "short_name": variant.short_name, "layers": variant.layers,
-            "hidden": variant.hidden, "task": task, "status": "failed", "error": error}
+def _row_record(row: GridRow) -> dict:
+    return {"variant": row.name, "short_name": row.short_name, "layers": row.layers, "hidden": row.hidden,
+            "miniature": row.miniature}
 
 
-def _cell(plan, variant, task, source, out_dir, cell_file, log, run_trials, restart, progress, load_task) -> dict:
+def _failed_cell(row: GridRow, task: str, error: str) -> dict:
+    return {**_row_record(row), "task": task, "status": "failed", "error": error}
+
+
+def _cell(plan, row, task, source, out_dir, cell_file, log, run_trials, restart, progress, load_task) -> dict:
     from converters.sweep import _atomic_write
 
     data = Path(plan.data) / task
-    name = f"{variant.short_name}.{task}"
+    name = f"{row.short_name}.{task}"
     try:
         options = dataclasses.replace(plan.options, teacher=plan.teacher_for(task))
         key = cell_key(plan, source.sha256, task, options)
@@ -180,9 +223,8 @@ def _cell(plan, variant, task, source, out_dir, cell_file, log, run_trials, rest
         manifest = read_bundle(bundle_dir).manifest
         tflite_metrics = manifest["evaluation"]["metrics"]
         log(f"{name}: benchmarking {bundle_dir.name}")
-        bench = _bench(plan, bundle_dir, variant, task, metric, tflite_metrics[metric], source)
-        cell = {"variant": variant.name, "short_name": variant.short_name, "layers": variant.layers,
-                "hidden": variant.hidden, "task": task, "metric": metric, "status": "ok", "error": None,
+        bench = _bench(plan, bundle_dir, row, task, metric, tflite_metrics[metric], source)
+        cell = {**_row_record(row), "task": task, "metric": metric, "status": "ok", "error": None,
                 "random_weights": source.random_weights, "trials": trials,
                 "best": {"run": ft.run_name(result.record["options"]["batch_size"],
                                             result.record["options"]["learning_rate"]),
@@ -201,7 +243,7 @@ def _cell(plan, variant, task, source, out_dir, cell_file, log, run_trials, rest
         raise
     except Exception as error:  # noqa: BLE001 - a failed cell is recorded with its error; the grid goes on
         log(f"{name}: failed: {ft.one_line_error(error)}")
-        cell = _failed_cell(variant, task, ft.one_line_error(error))
+        cell = _failed_cell(row, task, ft.one_line_error(error))
         key = None
     _atomic_write(cell_file, {"key": key, "cell": cell})
     return cell
@@ -240,13 +282,13 @@ def _export(plan: GridPlan, best_dir: Path, out_dir: Path, name: str, data: Path
     return bundle_dir
 
 
-def _bench(plan: GridPlan, bundle_dir: Path, variant: Variant, task: str, metric: str, value: float, source) -> dict:
+def _bench(plan: GridPlan, bundle_dir: Path, row: GridRow, task: str, metric: str, value: float, source) -> dict:
     from edgebert.bench import bench_in_fresh_process
 
     result = bench_in_fresh_process(bundle_dir, threads=plan.threads, runs=plan.runs, warmup=plan.warmup)
     error = result.get("error")
-    result["sweep"] = {"variant": variant.name, "short_name": variant.short_name, "layers": variant.layers,
-                       "hidden": variant.hidden, "quantize": plan.recipe or "dynamic-int8", "threads": plan.threads,
+    result["sweep"] = {"variant": row.name, "short_name": row.short_name, "layers": row.layers,
+                       "hidden": row.hidden, "quantize": plan.recipe or "dynamic-int8", "threads": plan.threads,
                        "random_weights": source.random_weights, "status": "failed" if error else "ok",
                        "error": error, "accuracy": {"task": task, "metric": metric, "value": value}}
     return result
@@ -254,26 +296,40 @@ def _bench(plan: GridPlan, bundle_dir: Path, variant: Variant, task: str, metric
 
 def table_markdown(cells: list[dict]) -> str:
     """The paper's table: one per task, rows L, columns H; each cell the best run's dev score on the float
-    model, then the int8 .tflite's, x100 (a failed cell says so)."""
+    model, then the int8 .tflite's, x100 (a failed cell says so). Models given by path follow in a list of
+    their own (they are not miniatures, whatever their shape)."""
     lines = ["# Fine-tuning grid", "",
              "Dev scores x100: the best of the search on the float model / its dynamic-int8 .tflite. "
              "Random-weight checkpoints are marked *; their scores say nothing of the miniatures'.", ""]
     for task in dict.fromkeys(cell["task"] for cell in cells):
         these = [cell for cell in cells if cell["task"] == task]
-        by_shape = {(cell["layers"], cell["hidden"]): cell for cell in these}
-        layers = [n for n in LAYER_CHOICES if any(shape[0] == n for shape in by_shape)]
-        hiddens = [h for h in HIDDEN_CHOICES if any(shape[1] == h for shape in by_shape)]
+        miniatures = [cell for cell in these if cell.get("miniature", True)]
+        others = [cell for cell in these if not cell.get("miniature", True)]
         metric = next((cell["metric"] for cell in these if cell.get("metric")), "score")
-        lines += [f"## {task} (dev {metric})", "", "| | " + " | ".join(f"H={h}" for h in hiddens) + " |",
-                  "|---|" + "---|" * len(hiddens)]
-        for n in layers:
-            row = [_table_cell(by_shape.get((n, h))) for h in hiddens]
-            lines.append(f"| L={n} | " + " | ".join(row) + " |")
+        lines += [f"## {task} (dev {metric})", ""]
+        if miniatures:
+            by_shape = {(cell["layers"], cell["hidden"]): cell for cell in miniatures}
+            layers = [n for n in LAYER_CHOICES if any(shape[0] == n for shape in by_shape)]
+            hiddens = [h for h in HIDDEN_CHOICES if any(shape[1] == h for shape in by_shape)]
+            lines += ["| | " + " | ".join(f"H={h}" for h in hiddens) + " |", "|---|" + "---|" * len(hiddens)]
+            for n in layers:
+                row = [_table_cell(by_shape.get((n, h))) for h in hiddens]
+                lines.append(f"| L={n} | " + " | ".join(row) + " |")
+            lines.append("")
+        if others:
+            lines += ["| model | L | H | dev |", "|---|---:|---:|---|"]
+            lines += [f"| {cell['variant']} | {_or_dash(cell.get('layers'))} | {_or_dash(cell.get('hidden'))} | "
+                      f"{_table_cell(cell)} |" for cell in others]
+            lines.append("")
         if task.upper() == "SST-2":
             paper = ", ".join(f"L={n}/H={h} {score}" for (n, h), score in PAPER_SST2_TEST.items())
-            lines += ["", f"Published SST-2 **test** accuracy of the real miniatures (BERT Miniatures release): {paper}."]
-        lines.append("")
+            lines += [f"Published SST-2 **test** accuracy of the real miniatures (BERT Miniatures release): {paper}.",
+                      ""]
     return "\n".join(lines)
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
 
 
 def _table_cell(cell: dict | None) -> str:

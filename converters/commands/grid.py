@@ -13,8 +13,11 @@ from edgebert.errors import UsageError
 
 
 @click.command()
-@click.option("--variants", "variant_names", required=True,
+@click.option("--variants", "variant_names", default=None,
               help="'all' or a comma-separated list of names (tiny,mini,small,medium,L-6_H-256,...).")
+@click.option("--models", "model_paths", default=None, metavar="PATH[,PATH...]",
+              help="Also (or instead) run the grid on these checkpoints: any BERT-architecture model (Hugging Face or "
+                   "sentence-transformers folder, Google checkpoint); listed beside the miniatures' table.")
 @click.option("--tasks", "task_names", default="SST-2,CoLA,MRPC", show_default=True,
               help="Comma-separated task folders under --data.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
@@ -45,19 +48,22 @@ from edgebert.errors import UsageError
 @click.option("--threads", default=1, show_default=True, help="Threads for each bundle's benchmark.")
 @click.option("--runs", default=30, show_default=True, help="Timed benchmark runs per cell.")
 @click.option("--restart", is_flag=True, help="Redo every cell, dropping its runs (also those with other inputs).")
-def grid(variant_names, task_names, data_dir, out_dir, ray_address, cpus_per_trial, storage, batch_sizes,
+def grid(variant_names, model_paths, task_names, data_dir, out_dir, ray_address, cpus_per_trial, storage, batch_sizes,
          learning_rates, epochs, patience, max_seq_len, max_train_examples, seed, teacher, recipe, checkpoints,
          download, threads, runs, restart):
     """Fine-tune each variant on each task over the BERT Miniatures' grid, export the best to int8, score and time it.
 
-    For each (variant, task): the 20-run search (batch 8-128 x learning rate 3e-4-3e-5, 4 epochs, early
+    For each (variant or model, task): the 20-run search (batch 8-128 x learning rate 3e-4-3e-5, 4 epochs, early
     stopping on dev), the best run on dev converted to dynamic int8 (or --recipe), scored from its
     .tflite on dev and benchmarked. Writes grid.json, results.json (`edgebert report OUT`) and table.md,
     the paper's table. With --ray the runs are Ray Tune trials; a rerun resumes either way.
     """
     from edgebert.variants import parse_variant_list
 
-    variants = parse_variant_list(variant_names)
+    if not variant_names and not model_paths:
+        raise UsageError("give --variants, --models, or both")
+    variants = parse_variant_list(variant_names) if variant_names else []
+    models = tuple(Path(path.strip()) for path in (model_paths or "").split(",") if path.strip())
     tasks = tuple(name.strip() for name in task_names.split(",") if name.strip())
     sizes, rates = int_list(batch_sizes, "--batch-sizes"), float_list(learning_rates, "--learning-rates")
     if (storage or cpus_per_trial != 1) and not ray_address:
@@ -73,7 +79,7 @@ def grid(variant_names, task_names, data_dir, out_dir, ray_address, cpus_per_tri
 
     options = FinetuneOptions(epochs=epochs, patience=patience, max_seq_len=max_seq_len,
                               max_train_examples=max_train_examples, seed=seed)
-    plan = GridPlan(variants=tuple(variants), tasks=tasks, data=data_dir, options=options, batch_sizes=tuple(sizes),
+    plan = GridPlan(variants=tuple(variants), models=models, tasks=tasks, data=data_dir, options=options, batch_sizes=tuple(sizes),
                     learning_rates=tuple(rates), teacher=teacher, recipe=recipe, checkpoints=checkpoints,
                     download=download, threads=threads, runs=runs)
     run_trials = None
