@@ -1,4 +1,4 @@
-"""Outlier equalization for dynamic int8: the same float function, rewritten so that int8 loses less.
+"""Outlier equalization for dynamic int8 and int4: the same float function, rewritten so that they lose less.
 
 Real pretrained BERTs carry a few hidden dimensions whose activations are many times the rest. Dynamic
 int8 quantizes each dense layer's input per row at run time, so those channels set the step of the whole
@@ -14,9 +14,11 @@ neither quantizer nor kernel, and cost at run time only two elementwise multipli
 2. A Hadamard rotation of each attention head's value vectors, undone in the attention output layer's
    weights: attention only mixes value rows, so the rotation passes through it and costs nothing at run
    time, and the attention output layer's input has its outliers spread over the head.
-3. GPTQ on the exported model: once the quantizer has chosen each int8 dense layer's per-channel scales,
-   the integers are chosen again column by column, each rounding error pushed onto the columns not yet
-   rounded through the inverse Hessian of the layer's float inputs on the calibration text.
+3. GPTQ on the exported model: once the quantizer has chosen each int8 or int4 dense layer's per-channel
+   scales, the integers are chosen again column by column, each rounding error pushed onto the columns
+   not yet rounded through the inverse Hessian of the layer's float inputs on the calibration text.
+   (ai-edge-quantizer has a GPTQ too, but with min/max scales inside its own export only; this one also
+   refines the TensorFlow converter's int8 export and keeps int4's clipped OCTAV scales.)
 
 In the study the three lift 0.99384 to 0.99787; where that still misses the thresholds, the mixed-precision
 search (converters/mixed_precision.py) raises the layers that need it, each candidate with GPTQ applied.
@@ -54,9 +56,10 @@ def head_rotation(width: int, head_size: int) -> np.ndarray:
     return np.kron(np.eye(width // block), hadamard(block)).astype(np.float32)
 
 
-def gptq(weights: np.ndarray, hessian: np.ndarray, scales: np.ndarray, limit: int = 127) -> np.ndarray:
-    """GPTQ's integers for `weights` [out, in] at the given per-output-channel `scales`, in [-limit,
-    limit]: columns rounded in order of decreasing Hessian diagonal (the inputs that vary most first),
+def gptq(weights: np.ndarray, hessian: np.ndarray, scales: np.ndarray, limit: int = 127,
+         lowest: int | None = None) -> np.ndarray:
+    """GPTQ's integers for `weights` [out, in] at the given per-output-channel `scales`, in [lowest (default
+    -limit), limit]: columns rounded in order of decreasing Hessian diagonal (the inputs that vary most first),
     each column's rounding error spread over the columns still to come."""
     w = weights.astype(np.float64).copy()
     h = hessian.astype(np.float64).copy()
@@ -68,9 +71,10 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, scales: np.ndarray, limit: in
     w, h = w[:, order], h[order][:, order]
     upper = np.linalg.cholesky(np.linalg.inv(h)).T
     scales = scales.astype(np.float64)
+    lowest = -limit if lowest is None else lowest
     integers = np.zeros(w.shape, np.int8)
     for column in range(w.shape[1]):
-        rounded = np.clip(np.round(w[:, column] / scales), -limit, limit)
+        rounded = np.clip(np.round(w[:, column] / scales), lowest, limit)
         integers[:, column] = rounded
         error = (w[:, column] - rounded * scales) / upper[column, column]
         w[:, column + 1:] -= np.outer(error, upper[column, column + 1:])
@@ -109,15 +113,17 @@ class Equalized:
     _cache: dict = field(default_factory=dict)
 
     def refine(self, model_bytes: bytes) -> bytes:
-        """`model_bytes` with every int8 dense layer's integers replaced by GPTQ's, at the scales the
+        """`model_bytes` with every int8 or int4 dense layer's integers replaced by GPTQ's, at the scales the
         quantizer chose. Buffers shared by several subgraphs (length buckets) are rewritten once."""
         from converters import quantize
 
         schema, fb = quantize._schema()
         tflite = fb.read_model_from_bytearray(bytearray(model_bytes))
         for name, tensor, buffer in self._gptq_layers(tflite, schema, fb):
-            scales = np.asarray(tensor.quantization.scale, np.float64)
-            buffer.data = np.frombuffer(self._integers(name, scales).tobytes(), np.uint8)
+            int4 = tensor.type == schema.TensorType.INT4
+            current = _read_integers(buffer.data, tuple(tensor.shape), int4)
+            integers = self._integers(name, np.asarray(tensor.quantization.scale, np.float64), current, int4)
+            buffer.data = np.frombuffer(_pack_int4(integers) if int4 else integers.tobytes(), np.uint8)
         return quantize._serialize(tflite, fb)
 
     def manifest(self, model_bytes: bytes, plain_shortfall: float) -> dict:
@@ -132,8 +138,8 @@ class Equalized:
                 "gptq": {"texts": self.texts, "layers": len(self._gptq_layers(tflite, schema, fb))}}
 
     def _gptq_layers(self, tflite, schema, fb) -> list:
-        """(Keras layer name, weight tensor, buffer) of each int8 dense layer GPTQ refines, once per buffer:
-        per-channel int8 weights (not --compat's one scale per tensor) of a layer it has a Hessian for."""
+        """(Keras layer name, weight tensor, buffer) of each int8 or int4 dense layer GPTQ refines, once per
+        buffer: per-channel weights (not --compat's one scale per tensor) of a layer it has a Hessian for."""
         from converters import quantize
 
         found, seen = [], set()
@@ -145,22 +151,53 @@ class Equalized:
                 tensor = graph.tensors[op.inputs[1]]
                 buffer = tflite.buffers[tensor.buffer]
                 name = quantize._layer_name(graph.tensors[op.outputs[0]].name.decode()).replace("/", "_")
-                if (tensor.type == schema.TensorType.INT8 and buffer.data is not None and tensor.buffer not in seen
+                if (tensor.type in (schema.TensorType.INT8, schema.TensorType.INT4) and buffer.data is not None
+                        and tensor.buffer not in seen
                         and name in self.hessians and len(tensor.quantization.scale) == tensor.shape[0]):
                     seen.add(tensor.buffer)
                     found.append((name, tensor, buffer))
         return found
 
-    def _integers(self, name: str, scales: np.ndarray) -> np.ndarray:
-        key = (name, hashlib.sha256(scales.tobytes()).hexdigest())
+    def _integers(self, name: str, scales: np.ndarray, current: np.ndarray, int4: bool) -> np.ndarray:
+        key = (name, int4, hashlib.sha256(scales.tobytes()).hexdigest())
         if key not in self._cache:  # the mixed-precision search quantizes the same layer dozens of times
             weights = self.model.get_layer(name).get_weights()[0].T.astype(np.float64)  # [out, in]
-            # The converter folds constant factors into the weights (the query's 1/sqrt(head size)); a
-            # symmetric scale is the row's largest weight over 127, so it tells each row's factor.
-            peak = np.abs(weights).max(1)
-            folded = np.where(peak > 0, scales * 127 / np.maximum(peak, 1e-30), 1.0)
-            self._cache[key] = gptq(weights * folded[:, None], self.hessians[name], scales)
+            low, high = INT4_RANGE if int4 else INT8_RANGE
+            factor = folded_factor(weights, current * scales[:, None], (current > low) & (current < high))
+            self._cache[key] = gptq(weights * factor, self.hessians[name], scales, high, low)
         return self._cache[key]
+
+
+# The integers of the quantizer's weights: symmetric int8; int4 also uses -8 (ai-edge-quantizer does).
+INT8_RANGE, INT4_RANGE = (-127, 127), (-8, 7)
+
+
+def folded_factor(weights: np.ndarray, dequantized: np.ndarray, unclipped: np.ndarray) -> float:
+    """The constant the converter folded into a layer's weights (the query's 1/sqrt(head size); 1 for the
+    rest), read back from the quantizer's own output: the least-squares ratio of dequantized to Keras
+    weights per row, over the weights it did not clip (OCTAV's int4 scales clip the largest), and the
+    median over rows, since the factor is one number per layer and each row's estimate is noisy at int4."""
+    numerator = np.sum(np.where(unclipped, dequantized * weights, 0.0), axis=1)
+    denominator = np.sum(np.where(unclipped, weights * weights, 0.0), axis=1)
+    useful = denominator > 0
+    return float(np.median(numerator[useful] / denominator[useful])) if useful.any() else 1.0
+
+
+def _read_integers(data: np.ndarray, shape: tuple[int, ...], int4: bool) -> np.ndarray:
+    """A weight buffer as int8 values of `shape`; int4 comes packed two to a byte, the lower nibble first
+    (LiteRT's layout)."""
+    raw = np.asarray(data, np.uint8).view(np.int8)
+    if not int4:
+        return raw.reshape(shape)
+    low, high = (raw << 4).astype(np.int8) >> 4, raw >> 4
+    return np.stack([low, high], axis=-1).reshape(-1)[:int(np.prod(shape))].reshape(shape)
+
+
+def _pack_int4(values: np.ndarray) -> bytes:
+    flat = values.astype(np.int8).reshape(-1)
+    if len(flat) % 2:
+        flat = np.append(flat, np.int8(0))
+    return ((flat[0::2].astype(np.uint8) & 0x0F) | (flat[1::2].astype(np.uint8) << 4)).astype(np.uint8).tobytes()
 
 
 def equalize(model, rebuild: Callable[[], object], config, calibration: list[dict],

@@ -70,7 +70,7 @@ class ConvertOptions:
     layer_overrides: tuple[Override, ...] = ()
     mixed_precision: bool = True
     mixed_precision_budget: float = DEFAULT_BUDGET  # largest share of weights kept float32
-    # A dynamic-int8 export that misses its thresholds is made again with outlier equalization
+    # A dynamic-int8 or dynamic-int4 export that misses its thresholds is made again with outlier equalization
     # (converters/outliers.py: smoothing, value rotation, GPTQ) before any layer's precision is raised.
     equalize: bool = True
 
@@ -236,16 +236,25 @@ def _cls_only_last_layer(options: ConvertOptions, num_labels: int, pooling: Sent
 
 
 def _may_equalize(options: ConvertOptions) -> bool:
-    """Outlier equalization is for the converter's dynamic-int8 (per-channel weights, so not --compat's
+    """Outlier equalization is for dynamic int8 and int4 with per-channel weights (not --compat's
     per-tensor ones) when the user left the layers' precisions to edgebert."""
-    return (options.equalize and options.quantize is QuantizeMode.DYNAMIC_INT8 and options.compat is None
-            and not options.layer_overrides)
+    return (options.equalize and options.quantize in (QuantizeMode.DYNAMIC_INT8, QuantizeMode.DYNAMIC_INT4)
+            and options.compat is None and not options.layer_overrides)
 
 
-def _shortfall(check: ExportCheck, model_bytes: bytes, scratch: Path) -> float:
-    """The export's validation shortfall (validate.shortfall: 1.0 = on the threshold; it passes below)."""
+def _shortfall(check: ExportCheck, model_bytes: bytes, scratch: Path, by_converter: bool, mode: QuantizeMode) -> float:
+    """The plain export's validation shortfall (validate.shortfall: 1.0 = on the threshold; it passes
+    below). `model_bytes` is the converter's export in the mode, or (ai-edge-quantizer's modes) the float32
+    export, which is quantized here with every layer at the mode's precision."""
     from converters.validate import shortfall
 
+    if not by_converter:
+        from converters import quantize
+
+        prepared = quantize.prepare(model_bytes)
+        layers = quantize.find_layers(prepared)
+        plan = quantize.apply_overrides(layers, quantizer_precision(mode, None), ())
+        model_bytes = quantize.quantize(prepared, layers, {name: choice[0] for name, choice in plan.items()})
     path = scratch / "plain.tflite"
     path.write_bytes(model_bytes)
     try:
@@ -377,9 +386,10 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
-        equalized, missed = None, _shortfall(check, model_bytes, Path(scratch)) if _may_equalize(options) else 0.0
+        equalized, missed = None, (_shortfall(check, model_bytes, Path(scratch), by_converter, mode)
+                                   if _may_equalize(options) else 0.0)
         if missed:
-            log(f"the converter's {mode.value} export misses its thresholds (shortfall {missed:.3g}); exporting "
+            log(f"the plain {mode.value} export misses its thresholds (shortfall {missed:.3g}); exporting "
                 "again with outlier equalization (smoothing, value rotation, GPTQ)")
             from converters import outliers
 
@@ -391,8 +401,9 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                 config, _encode_each(tokenizer, texts, seq_len), log)
             exported = equalized.model  # export_float32() exports this from now on
             with native_output_silenced():
-                model_bytes = equalized.refine(
-                    export_tflite(exported, seq_len, mode, None, options.compat, options.buckets))
+                model_bytes = export_tflite(exported, seq_len, export_mode, None, options.compat, options.buckets)
+            if by_converter:  # else GPTQ refines each export ai-edge-quantizer makes (finish_export's refine)
+                model_bytes = equalized.refine(model_bytes)
         quantized = finish_export(
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
             options.mixed_precision_budget, check, Path(scratch), log,

@@ -99,9 +99,11 @@ def test_gptq_has_less_output_error_than_rounding_at_the_same_scales():
 
 
 def _int8_dense_layers(model_bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Keras layer name -> (int8 weights [out, in], per-channel scales) of each FULLY_CONNECTED."""
+    """Keras layer name -> (int8 or int4 weights [out, in], per-channel scales) of each FULLY_CONNECTED."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from converters.outliers import _read_integers
 
     model = fb.read_model_from_bytearray(bytearray(model_bytes))
     graph, layers = model.subgraphs[0], {}
@@ -111,9 +113,20 @@ def _int8_dense_layers(model_bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             continue
         weights = graph.tensors[op.inputs[1]]
         name = graph.tensors[op.outputs[0]].name.decode().split(";")[0].split("/")[1]
-        data = np.frombuffer(bytes(model.buffers[weights.buffer].data), np.int8).reshape(weights.shape)
+        data = _read_integers(model.buffers[weights.buffer].data, tuple(weights.shape),
+                              weights.type == schema.TensorType.INT4)
         layers[name] = (data.astype(np.float64), np.asarray(weights.quantization.scale, np.float64))
     return layers
+
+
+def test_int4_weights_unpack_in_litert_s_order_and_pack_back():
+    """Two int4 values a byte, the lower nibble first; an odd count leaves the last high nibble zero."""
+    from converters.outliers import _pack_int4, _read_integers
+
+    values = np.array([[-8, 7, 0, 1, -1]], np.int8)
+    packed = _pack_int4(values)
+    assert packed == bytes([0x78, 0x10, 0x0F])
+    np.testing.assert_array_equal(_read_integers(np.frombuffer(packed, np.uint8), (1, 5), True), values)
 
 
 def test_gptq_lowers_every_exported_layers_error_on_its_calibration_inputs(models):
@@ -140,6 +153,34 @@ def test_gptq_lowers_every_exported_layers_error_on_its_calibration_inputs(model
         assert np.array_equal(refined[name][1], scales)
 
 
+def test_gptq_lowers_every_int4_layers_error_at_ai_edge_quantizer_s_scales(models):
+    """dynamic-int4 is ai-edge-quantizer's (OCTAV scales, which clip): refine() keeps its scales, reads the
+    query's folded factor back from its integers, and lowers each layer's output error on the calibration
+    inputs below the quantizer's own integers'."""
+    from converters import quantize
+    from converters.export import QuantizeMode, export_tflite
+
+    _, equalized = models
+    prepared = quantize.prepare(export_tflite(equalized.model, SEQ_LEN, QuantizeMode.FLOAT32))
+    layers = quantize.find_layers(prepared)
+    exported = quantize.quantize(prepared, layers, {layer.name: quantize.Precision.INT4 for layer in layers
+                                                    if layer.op == "FULLY_CONNECTED"})
+    rounded, refined = _int8_dense_layers(exported), _int8_dense_layers(equalized.refine(exported))
+    assert set(rounded) == set(equalized.hessians) and len(rounded) == 13
+    head_size = equalized.model.get_layer("layer_0_query").get_weights()[0].shape[1] // 4
+    for name, (integers, scales) in rounded.items():
+        assert integers.min() >= -8 and integers.max() <= 7
+        weights = equalized.model.get_layer(name).get_weights()[0].T.astype(np.float64)
+        if name.endswith("_query"):
+            weights /= np.sqrt(head_size)  # what the converter folded in
+        hessian = equalized.hessians[name]
+        error = lambda q: np.trace((weights - q * scales[:, None]) @ hessian  # noqa: E731
+                                   @ (weights - q * scales[:, None]).T)
+        assert error(refined[name][0]) < error(integers), name
+        assert np.array_equal(refined[name][1], scales)
+        assert refined[name][0].min() >= -8 and refined[name][0].max() <= 7
+
+
 def test_the_planted_outlier_converts_without_raising_any_layer(planted, tmp_path):
     """The planted model's plain dynamic int8 misses (test_quantize.py); equalized, it passes with every
     layer int8, and the manifest says what was done."""
@@ -152,6 +193,19 @@ def test_the_planted_outlier_converts_without_raising_any_layer(planted, tmp_pat
     assert quantization["equalization"]["plain_export_shortfall"] > 1  # the plain export missed
     assert any("outlier equalization" in line and "shortfall" in line for line in lines)
     assert PLANTED in {layer["name"] for layer in quantization["layers"]}
+
+
+def test_dynamic_int4_is_equalized_before_the_search_too(planted, tmp_path):
+    """The plain all-int4 export (ai-edge-quantizer's, from the float32 export) misses on the planted outlier;
+    the export is made again equalized, and every int4 or int8 layer of the shipped mix is GPTQ's."""
+    lines = []
+    manifest = _convert(planted, tmp_path / "b", log=lines.append, quantize="dynamic-int4", equalize=True).manifest
+    quantization = manifest["quantization"]
+    assert quantization["equalization"]["plain_export_shortfall"] > 1 and manifest["validation"]["passed"]
+    quantized = [layer for layer in quantization["layers"] if layer["precision"] in ("int4", "int8")
+                 and layer["name"] != "word_embeddings"]  # a lookup, not a dense layer: GPTQ has no Hessian
+    assert quantization["equalization"]["gptq"]["layers"] == len(quantized) > 0
+    assert any("plain dynamic-int4 export misses" in line for line in lines)
 
 
 def test_equalize_off_and_other_modes_leave_the_export_alone(planted, tiny_checkpoint, tmp_path):

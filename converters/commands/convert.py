@@ -62,9 +62,9 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
               help="Largest share of the layers' weights (at float32 size) the search may keep in float32 "
                    "(default 0.25); if no mix within it passes, nothing is written.")
 @click.option("--equalize", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="auto: a dynamic-int8 export that misses its thresholds is made again with outlier equalization "
-                   "(smoothing, value rotation, GPTQ; same float function, less int8 error) before the mixed-"
-                   "precision search raises any layer. off: never.")
+              help="auto: a dynamic-int8 or dynamic-int4 export that misses its thresholds is made again with "
+                   "outlier equalization (smoothing, value rotation, GPTQ; same float function, less quantization "
+                   "error) before the mixed-precision search raises any layer. off: never.")
 @click.option("--seq-len", default="128", show_default=True,
               help="Fixed sequence length, 'dynamic', or comma-separated lengths (e.g. 16,32,64,128): length "
                    "buckets, one signature per length in one model.tflite sharing the weights; each text runs "
