@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
