@@ -383,7 +383,8 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             return export_tflite(exported, seq_len, QuantizeMode.FLOAT32, shorter_lengths=options.buckets)
 
     log("validating against the float model" + (" at every length" if options.buckets else ""))
-    validation_inputs, references = _at_every_length(tokenizer, _texts(options.validation_size), lengths)
+    validation_texts = _texts(options.validation_size)
+    validation_inputs, references = _at_every_length(tokenizer, validation_texts, lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
         equalized, missed = None, (_shortfall(check, model_bytes, Path(scratch), by_converter, mode)
@@ -393,7 +394,11 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                 "again with outlier equalization (smoothing, value rotation, GPTQ)")
             from converters import outliers
 
-            texts = _texts(outliers.CALIBRATION_TEXTS, options.calibration_file)
+            # Held out from what validation checks: GPTQ fitted to the validation texts would pass them and
+            # say little about any other text.
+            held_out = set(validation_texts)
+            texts = [text for text in _texts(outliers.CALIBRATION_TEXTS, options.calibration_file)
+                     if text not in held_out]
             equalized = outliers.equalize(
                 model, lambda: build_bert(config, None if options.buckets else seq_len, num_labels, pooling=pooling,
                                           cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),

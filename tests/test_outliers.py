@@ -193,6 +193,13 @@ def test_the_planted_outlier_converts_without_raising_any_layer(planted, tmp_pat
     assert quantization["equalization"]["plain_export_shortfall"] > 1  # the plain export missed
     assert any("outlier equalization" in line and "shortfall" in line for line in lines)
     assert PLANTED in {layer["name"] for layer in quantization["layers"]}
+    # GPTQ and the smoothing never see the texts validation checks (samples/ would give them to both).
+    from converters.outliers import CALIBRATION_TEXTS
+    from converters.pipeline import _texts
+
+    validation, calibration = set(_texts(8)), _texts(CALIBRATION_TEXTS)  # _convert validates on 8 texts
+    assert validation <= set(calibration)
+    assert quantization["equalization"]["gptq"]["texts"] == len([t for t in calibration if t not in validation])
 
 
 def test_dynamic_int4_is_equalized_before_the_search_too(planted, tmp_path):
