@@ -1,6 +1,7 @@
 """The TensorFlow converter against ai-edge-quantizer, mode by mode, and the product's default exports.
 
-    python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--runs 100] [--rounds 3] [--rows NAMES]
+    python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--pairs MRPC/dev.tsv]
+                                     [--runs 100] [--rounds 3] [--rows NAMES]
 
 For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.tflite` per row:
 
@@ -9,6 +10,8 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
     dynamic-int8 tf | aeq       converter (per-channel dense, per-tensor embedding) | AEQ, every layer int8
     int8 tf | aeq               full integer, calibrated on samples/: converter | AEQ static_wi8_ai8
     dynamic-int4 aeq            AEQ, every layer int4 (the converter has no int4)
+    dynamic-int4 aeq b32 | b128 AEQ, every dense layer int4 in blocks of 32 | 128 input channels (min/max
+                                scales; what the product does not ship: measured slower, little better)
     default dynamic-int8        what `edgebert convert` ships (outlier equalization, then mixed precision,
                                 when all-int8 misses)
     default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
@@ -16,8 +19,10 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
 and measures each with the LiteRT interpreter (XNNPACK, 1 thread, seq 128): bytes; p50 latency over
 `--rounds` rounds that interleave the models (so that load from other users of the machine hits all
 alike), `--runs` runs per model and round, inputs cycled over the texts; and the min and mean cosine
-of every output against float32 over the texts (sequence outputs over real tokens only). Prints a
-markdown table and the CPU's facts, and writes DIR/results.json.
+of every output against float32 over the texts (sequence outputs over real tokens only); with `--pairs`
+(a GLUE pair task such as MRPC's dev.tsv) and a sentence embedder, the Spearman correlation of each row's
+pair similarities (cosine of the two sentences' embeddings) with float32's, which is what a semantic
+search ranks by. Prints a markdown table and the CPU's facts, and writes DIR/results.json.
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ def _texts(path: Path | None, limit: int | None) -> list[str]:
 
 
 ROWS = ("float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
-        "dynamic-int4 aeq", "default dynamic-int8", "default dynamic-int4")
+        "dynamic-int4 aeq", "dynamic-int4 aeq b32", "dynamic-int4 aeq b128", "default dynamic-int8",
+        "default dynamic-int4")
 
 
 def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[str, ...] = ROWS) -> dict[str, Path]:
@@ -84,6 +90,8 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
     write("float16 aeq", lambda: _aeq_float16(float_bytes))
     write("dynamic-int8 aeq", lambda: _aeq_all(float_bytes, "int8"))
     write("dynamic-int4 aeq", lambda: _aeq_all(float_bytes, "int4"))
+    write("dynamic-int4 aeq b32", lambda: _aeq_int4_blocks(float_bytes, 32))
+    write("dynamic-int4 aeq b128", lambda: _aeq_int4_blocks(float_bytes, 128))
     write("int8 aeq", lambda: _aeq_static_int8(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
     for mode in ("dynamic-int8", "dynamic-int4"):
         name = f"default {mode}"
@@ -107,6 +115,33 @@ def _aeq_all(float_bytes: bytes, precision: str) -> bytes:
     plan = {layer.name: quantize.Precision(precision) if layer.quantizable else quantize.Precision.FLOAT32
             for layer in layers}
     return quantize.quantize(prepared, layers, plan)
+
+
+def _aeq_int4_blocks(float_bytes: bytes, block: int) -> bytes:
+    """Every dense layer int4 in blocks of `block` input channels (min/max scales, one per block and output
+    channel), the embedding as the product quantizes it at int4 (blocks of 32 per row)."""
+    import re
+
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    from converters import quantize
+    from edgebert.quiet import native_output_silenced
+
+    prepared = quantize.prepare(float_bytes)
+    scopes = quantize._scopes(prepared)
+    engine = quantizer.Quantizer(bytearray(prepared))
+    for layer in quantize.find_layers(prepared):
+        if not layer.quantizable:
+            continue
+        size = 32 if layer.op == "EMBEDDING_LOOKUP" else block
+        for scope in scopes.get(layer.name, [layer.scope]):
+            engine.add_dynamic_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName(layer.op), 4,
+                                      granularity=qtyping.QuantGranularity[f"BLOCKWISE_{size}"],
+                                      algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    with native_output_silenced():
+        result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
+    return quantize._share_identical_buffers(quantize._mark_per_channel_hybrid(bytes(result.quantized_model)))
 
 
 def _aeq_float16(float_bytes: bytes) -> bytes:
@@ -156,6 +191,25 @@ def _fidelity(rows: dict[str, Path], feeds: list[dict]) -> dict[str, dict]:
     return figures
 
 
+def _pair_spearman(rows: dict[str, Path], pairs: list[tuple[dict, dict]]) -> dict[str, float]:
+    """Spearman's rho of each row's pair similarities with float32's (sentence_embedding, L2-normalized or not)."""
+    from scipy.stats import spearmanr
+
+    from edgebert.interpreter import TFLiteModel
+
+    def similarities(path):
+        model = TFLiteModel(path, num_threads=1)
+        values = []
+        for left, right in pairs:
+            a, b = (model(**feed)["sentence_embedding"][0] for feed in (left, right))
+            values.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+        return values
+
+    reference = similarities(rows["float32"])
+    return {name: 1.0 if name == "float32" else float(spearmanr(reference, similarities(path)).statistic)
+            for name, path in rows.items()}
+
+
 def _latency(rows: dict[str, Path], feeds: list[dict], runs: int, rounds: int) -> dict[str, float]:
     from edgebert.interpreter import TFLiteModel
 
@@ -191,7 +245,9 @@ def main(argv=None) -> None:
     parser.add_argument("source")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--texts", type=Path, help="a GLUE TSV whose first column is the sentence (default: samples/)")
-    parser.add_argument("--limit", type=int, help="at most this many texts")
+    parser.add_argument("--pairs", type=Path, help="a GLUE pair task (MRPC/dev.tsv): Spearman of the pair "
+                                                    "similarities against float32's (sentence embedders)")
+    parser.add_argument("--limit", type=int, help="at most this many texts (and pairs)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -213,20 +269,34 @@ def main(argv=None) -> None:
     feeds = _encode_each(tokenizer, _texts(args.texts, args.limit), args.seq_len)
     log(f"fidelity over {len(feeds)} texts")
     fidelity = _fidelity(rows, feeds)
+    spearman = {}
+    if args.pairs:
+        if "sentence_embedding" not in fidelity["float32"]:
+            parser.error("--pairs needs a sentence embedder (a sentence-transformers source)")
+        from edgebert.tasks import load_task
+
+        pairs = [tuple(_encode_each(tokenizer, list(pair), args.seq_len)) for pair in load_task(args.pairs).texts]
+        pairs = pairs[:args.limit]
+        log(f"pair similarities over {len(pairs)} pairs of {args.pairs}")
+        spearman = _pair_spearman(rows, pairs)
     log(f"latency: {args.rounds} rounds x {args.runs} runs, 1 thread")
     latency = _latency(rows, feeds, args.runs, args.rounds)
     results = {"source": args.source, "texts": str(args.texts or "samples/"), "examples": len(feeds),
-               "seq_len": args.seq_len, "cpu": _cpu(),
-               "rows": {name: {"bytes": path.stat().st_size, "p50_ms": latency[name], "fidelity": fidelity[name]}
+               "pairs": str(args.pairs) if args.pairs else None, "seq_len": args.seq_len, "cpu": _cpu(),
+               "rows": {name: {"bytes": path.stat().st_size, "p50_ms": latency[name], "fidelity": fidelity[name],
+                               "pairs_spearman": spearman.get(name)}
                         for name, path in rows.items()}}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     outputs = list(fidelity["float32"])
     print(f"\n{results['cpu']}; {len(feeds)} texts from {results['texts']}\n")
-    print("| export | bytes | p50 ms | " + " | ".join(f"{o} min / mean cos" for o in outputs) + " |")
-    print("|---|---:|---:|" + "---:|" * len(outputs))
+    pair_column = " | pair similarity Spearman" if spearman else ""
+    print("| export | bytes | p50 ms | " + " | ".join(f"{o} min / mean cos" for o in outputs) + pair_column + " |")
+    print("|---|---:|---:|" + "---:|" * (len(outputs) + bool(spearman)))
     for name, row in results["rows"].items():
         cells = " | ".join(f"{row['fidelity'][o]['min_cosine']:.5f} / {row['fidelity'][o]['mean_cosine']:.5f}"
                            for o in outputs)
+        if spearman:
+            cells += f" | {row['pairs_spearman']:.5f}"
         print(f"| {name} | {row['bytes']:,} | {row['p50_ms']:.2f} | {cells} |")
 
 
