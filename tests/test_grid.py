@@ -87,3 +87,51 @@ def test_two_models_with_one_name_are_refused(hf_model, data, tmp_path):
     result = invoke("grid", "--models", f"{hf_model},{twin}", "--data", data, "--out", tmp_path / "grid", *SMALL_GRID)
     assert "both be called 'tiny-hf-model'" in error_line(result, 2)
     assert not (tmp_path / "grid").exists()
+
+
+def test_a_broken_model_is_recorded_the_grid_goes_on_and_changed_data_is_refused(hf_model, data, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    out = tmp_path / "grid"
+    result = invoke("grid", "--models", f"{broken},{hf_model}", "--data", data, "--out", out, *SMALL_GRID)
+    assert result.exit_code == 1, result.output
+    cells = json.loads((out / "grid.json").read_text())["cells"]
+    assert [(cell["variant"], cell["status"]) for cell in cells] == [("broken-model", "failed"), ("tiny-hf-model", "ok")]
+    assert cells[0]["error"].startswith("no checkpoint: ") and "config.json" in cells[0]["error"]
+    assert "| broken-model | - | - | failed |" in (out / "table.md").read_text()
+
+    changed = tmp_path / "changed"
+    shutil.copytree(data, changed)
+    with open(changed / "SST-2" / "train.tsv", "a", encoding="utf-8") as train:
+        train.write("one more sentence\t1\n")
+    before = json.loads((out / "grid.json").read_text())
+    rerun = invoke("grid", "--models", hf_model, "--data", changed, "--out", out, *SMALL_GRID)
+    line = error_line(rerun, 2, progress=tuple(rerun.stderr.splitlines()[:-1]))
+    assert "other inputs" in line and "--restart" in line  # not mixed with the old runs
+    assert json.loads((out / "grid.json").read_text()) == before
+
+
+def test_the_teacher_and_the_recipe_apply_per_cell(hf_model, data, tmp_path):
+    """`--teacher DIR/{task}` distils each task's cell from its own teacher (here its logits, as a .npy);
+    `--recipe` exports each cell's best run through the recipe (structured pruning here), not plain int8."""
+    import numpy as np
+
+    from edgebert.tasks import load_task
+
+    (tmp_path / "teachers").mkdir()
+    labels = np.asarray(load_task(data / "SST-2" / "train.tsv").labels)
+    np.save(tmp_path / "teachers" / "SST-2.npy", np.eye(2, dtype=np.float32)[labels] * 4.0)
+    out = tmp_path / "grid"
+    result = invoke("grid", "--models", hf_model, "--data", data, "--out", out, "--teacher",
+                    f"{tmp_path / 'teachers'}/{{task}}.npy", "--recipe", "structured-50", *SMALL_GRID)
+    assert result.exit_code == 0, result.output
+    cell = json.loads((out / "grid.json").read_text())["cells"][0]
+    history = json.loads((out / "cells" / "tiny-hf-model.SST-2" / "edgebert_source.json").read_text())["history"]
+    assert history[-1]["distillation"]["teacher"] == str(tmp_path / "teachers" / "SST-2.npy")
+    bundle = Path(cell["tflite"]["bundle"])
+    assert bundle.name == "tiny-hf-model.SST-2.structured-50.s32" and cell["tflite"]["recipe"] == "structured-50"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    steps = [step["step"] for step in manifest["source"]["history"]]
+    assert steps == ["finetune", "finetune", "structured-pruning", "finetune"]  # the search's, then the recipe's
+    assert manifest["recipe"]["name"] == "structured-50"
