@@ -1,6 +1,7 @@
 """`edgebert grid` on this machine: a checkpoint given by path (--models, a Hugging Face folder here) runs the
 same protocol as a miniature and is listed beside the L x H table; bad --models input is one line and writes
-nothing. (The grid on a Ray cluster, with nodes killed, is in test_distributed.py.)"""
+nothing; a failing cell is recorded and the grid goes on; changed data is refused; the teacher and the
+recipe apply per cell. (The grid on a Ray cluster, with nodes killed, is in test_distributed.py.)"""
 from __future__ import annotations
 
 import json
