@@ -399,6 +399,9 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             held_out = set(validation_texts)
             texts = [text for text in _texts(outliers.CALIBRATION_TEXTS, options.calibration_file)
                      if text not in held_out]
+            if not texts:
+                raise UsageError("has no sentence that validation does not check already; outlier equalization "
+                                 "calibrates on others", options.calibration_file)
             equalized = outliers.equalize(
                 model, lambda: build_bert(config, None if options.buckets else seq_len, num_labels, pooling=pooling,
                                           cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),

@@ -247,6 +247,20 @@ def test_a_missing_calibration_file_is_one_line_and_writes_nothing(planted, tmp_
     assert not (tmp_path / "b").exists()
 
 
+def test_a_calibration_file_of_only_validation_texts_is_one_line_and_writes_nothing(planted, tmp_path):
+    """GPTQ calibrates on texts validation does not check: a file that holds nothing else is refused."""
+    from converters.pipeline import _texts
+    from edgebert.errors import UsageError
+
+    path = tmp_path / "calibration.txt"
+    path.write_text("\n".join(text for text in _texts(8) if isinstance(text, str)) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as error:
+        _convert(planted, tmp_path / "b", equalize=True, calibration_file=path)
+    assert "\n" not in str(error.value) and "calibration.txt" in str(error.value)
+    assert "validation" in str(error.value)
+    assert not (tmp_path / "b").exists()
+
+
 def test_the_manifest_counts_the_gptq_layers_of_the_shipped_model(models):
     """A layer the mixed-precision search keeps float32 has no integers for GPTQ to choose: the record
     counts what the shipped model holds, not what was calibrated."""
