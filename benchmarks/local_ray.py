@@ -98,13 +98,15 @@ class Cluster:
 
     def _wait_for_nodes(self, count: int, timeout: float = 90) -> None:
         code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+                "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive']))")
         deadline, error = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             done = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
                                   env=ray_env(), timeout=60)
-            lines = done.stdout.strip().splitlines()
-            if done.returncode == 0 and lines and int(lines[-1]) >= count:
+            # Ray may print warnings of its own to stdout (e.g. "raylet has lagging heartbeats" on a busy
+            # machine): read only the line this code printed.
+            alive = [int(line.split(":")[1]) for line in done.stdout.splitlines() if line.startswith("alive nodes:")]
+            if done.returncode == 0 and alive and alive[-1] >= count:
                 return
             error = done.stderr[-2000:]
             time.sleep(1)
