@@ -260,6 +260,13 @@ def main(argv=None) -> None:
         parser.error(f"unknown row {unknown[0]!r}; the rows are {', '.join(ROWS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda message: print(message, flush=True)
+    pair_texts = []
+    if args.pairs:  # read before the slow exports, so a bad file fails at once
+        from edgebert.tasks import load_task
+
+        pair_texts = [pair for pair in load_task(args.pairs).texts if isinstance(pair, tuple)][:args.limit]
+        if not pair_texts:
+            parser.error(f"--pairs {args.pairs}: no sentence pairs in it (a GLUE pair task such as MRPC)")
     rows = _export_rows(args.source, args.out, args.seq_len, log, wanted)
 
     from converters.pipeline import _encode_each, bundle_tokenizer
@@ -273,10 +280,7 @@ def main(argv=None) -> None:
     if args.pairs:
         if "sentence_embedding" not in fidelity["float32"]:
             parser.error("--pairs needs a sentence embedder (a sentence-transformers source)")
-        from edgebert.tasks import load_task
-
-        pairs = [tuple(_encode_each(tokenizer, list(pair), args.seq_len)) for pair in load_task(args.pairs).texts]
-        pairs = pairs[:args.limit]
+        pairs = [tuple(_encode_each(tokenizer, list(pair), args.seq_len)) for pair in pair_texts]
         log(f"pair similarities over {len(pairs)} pairs of {args.pairs}")
         spearman = _pair_spearman(rows, pairs)
     log(f"latency: {args.rounds} rounds x {args.runs} runs, 1 thread")
