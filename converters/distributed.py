@@ -15,8 +15,14 @@ them in the storage directory (`--storage`: a local path, or any URI pyarrow rea
 gs://..., which a multi-node cluster needs unless the path is shared). A trial whose node dies is
 restarted by Tune (FailureConfig) from its last checkpoint, elsewhere if need be: finetune() resumes
 after the last finished epoch. A trial that fails for its own reasons (a diverging loss, a bad option)
-reports its error and ends normally, so it is recorded once and not retried. A driver that is killed
-and rerun restores the experiment (Tuner.restore): finished trials are kept, unfinished ones resume.
+reports its error and ends normally, so it is recorded once and not retried.
+
+A finished trial's model is copied to OUT.search/<run>/ the moment Tune calls it complete, as a search
+on this machine keeps its runs; a run found there is never trained again. A driver that is killed and
+rerun restores the experiment (Tuner.restore), so unfinished trials resume from their last epoch. Ray's
+restore is not atomic with the kill: its search state may be half-written (it then starts the experiment
+over, and the kept runs only report themselves), or a trial's recorded checkpoint may already be gone
+(that trial fails to restore, and is restarted once from scratch).
 
 The experiment's name carries the digest of its inputs (source, data, options), so a changed input is
 never resumed into an old experiment; the search directory refuses it first (finetune.claim_search_dir).
@@ -123,6 +129,7 @@ class TrialInputs:
     dev_bytes: bytes
     options: ft.FinetuneOptions
     threads: int
+    done: frozenset = frozenset()  # the runs the driver already holds, finished: not trained again
 
 
 def _task_files(inputs: TrialInputs, root: Path):
@@ -136,6 +143,28 @@ def _task_files(inputs: TrialInputs, root: Path):
     return tasks
 
 
+def _scratch_dir(kind: str, parent: str | None = None) -> Path:
+    """A fresh folder for one trial or cell, named after this process; first, the folders of processes
+    that are gone are removed (a trial killed with its node or driver never reaches its `finally`, and a
+    real model's work folder is hundreds of MB)."""
+    parent = Path(parent or tempfile.gettempdir())
+    for stale in parent.glob(f"edgebert-{kind}-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"edgebert-{kind}-{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _trial(config: dict, inputs: TrialInputs | None = None) -> None:
     """One fine-tuning run, in a Tune trial: resumes from the trial's last checkpoint when Tune restarts it."""
     from ray import tune
@@ -145,8 +174,11 @@ def _trial(config: dict, inputs: TrialInputs | None = None) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(inputs.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     batch_size, learning_rate = int(config["cell"][0]), float(config["cell"][1])
+    if ft.run_name(batch_size, learning_rate) in inputs.done:
+        tune.report({"status": DONE_BEFORE})
+        return
     options = dataclasses.replace(inputs.options, batch_size=batch_size, learning_rate=learning_rate)
-    root = Path(tempfile.mkdtemp(prefix="edgebert-trial-"))
+    root = _scratch_dir("trial")
     work, model = root / "work", root / "model"
     resumed = 0
     try:
@@ -180,6 +212,9 @@ def _trial(config: dict, inputs: TrialInputs | None = None) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+DONE_BEFORE = "done before"
+
+
 def _final(batch_size: int, learning_rate: float, record: dict, resumed: int = 0) -> dict:
     """The trial's entry; resumed_after_epoch > 0 when Tune restarted it from an epoch checkpoint."""
     entry = {**ft.trial_entry(batch_size, learning_rate, record), "resumed_after_epoch": resumed}
@@ -189,7 +224,7 @@ def _final(batch_size: int, learning_rate: float, record: dict, resumed: int = 0
 class _Lines:
     """Tune's events as one line each on the terminal (Tune's own tables are turned off)."""
 
-    def __init__(self, log: Log, metric: str, total: int):
+    def __init__(self, log: Log, metric: str, total: int, runs_dir: Path, keep: Callable):
         from ray import tune
 
         outer = self
@@ -205,8 +240,12 @@ class _Lines:
                               + (f", dev {outer.metric} {score:.4f}" if score is not None else ""))
                 elif result.get("status") == "failed":
                     outer.log(f"{outer.name(trial)}: failed: {result['error']}")
+                elif result.get("status") == DONE_BEFORE:
+                    outer.log(f"{outer.name(trial)}: done before, kept in {outer.runs_dir}")
 
             def on_trial_complete(self, iteration, trials, trial, **info):
+                if (trial.last_result or {}).get("status") == "ok" and trial.checkpoint is not None:
+                    outer.keep(trial)  # before the line below: a driver killed after it loses nothing
                 outer.done += 1
                 outer.log(f"[{outer.done}/{outer.total}] {outer.name(trial)}: finished")
 
@@ -217,6 +256,7 @@ class _Lines:
                 outer.log(f"{outer.name(trial)}: its process or node failed; restarting from its last checkpoint (if any)")
 
         self.log, self.metric, self.total, self.done = log, metric, total, 0
+        self.runs_dir, self.keep = runs_dir, keep
         self.callback = Callback()
 
     @staticmethod
@@ -234,7 +274,7 @@ def tune_trials(*, storage: str | os.PathLike | None = None, cpus_per_trial: int
     def run(source, train, dev, runs_dir: Path, options: ft.FinetuneOptions, cells, progress) -> list[dict]:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: _Lines draws the progress
         # The experiment's state (which trials finished) saved every second, not every 10+: a driver killed
-        # and rerun restarts fewer trials (one that had finished only reports its final checkpoint again).
+        # and rerun restarts fewer trials.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         from ray import tune
 
@@ -242,52 +282,86 @@ def tune_trials(*, storage: str | os.PathLike | None = None, cpus_per_trial: int
         identity = ft.search_identity(source, train, dev, options)
         name = f"{runs_dir.name}-{ft.identity_key(identity)[:12]}"
         where = storage_path(storage, runs_dir / "ray")
+        files = {"train_file": str(train.path), "dev_file": str(dev.path)}
+        done = frozenset(ft.run_name(*cell) for cell in cells if _kept(runs_dir, cell))
         inputs = TrialInputs(source=source, train=train, train_bytes=Path(train.path).read_bytes(), dev=dev,
-                             dev_bytes=Path(dev.path).read_bytes(), options=options, threads=cpus_per_trial)
+                             dev_bytes=Path(dev.path).read_bytes(), options=options, threads=cpus_per_trial,
+                             done=done)
         trainable = tune.with_resources(tune.with_parameters(_trial, inputs=inputs), {"cpu": cpus_per_trial})
-        lines = _Lines(log, dev.metric_names[0], len(cells))
+        lines = _Lines(log, dev.metric_names[0], len(cells), runs_dir,
+                       keep=lambda trial: _keep(trial.checkpoint, runs_dir / _Lines.name(trial), files))
         experiment = f"{where.rstrip('/')}/{name}"
         space = {"cell": tune.grid_search([list(cell) for cell in cells])}  # one trial per pair, in grid order
+
+        def restored(**errored):
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, param_space=space, **errored)
+            tuner._local_tuner._run_config.callbacks = [lines.callback]  # callbacks are not restored
+            return tuner
+
+        started = time.perf_counter()
         if tune.Tuner.can_restore(experiment):
             log(f"ray: resuming the experiment in {experiment}")
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, param_space=space)
-            tuner._local_tuner._run_config.callbacks = [lines.callback]  # callbacks are not restored
+            results = restored(resume_errored=True).fit()
+            lost = [cell for cell in cells if _lost(results, runs_dir, cell)]
+            if lost:  # Ray could not restore them (their last checkpoint was gone when the driver was killed)
+                log(f"ray: {', '.join(ft.run_name(*cell) for cell in lost)}: could not be resumed; "
+                    "restarting from the first epoch")
+                lines.done = len(cells) - len(lost)
+                results = restored(restart_errored=True).fit()
         else:
             log(f"ray: {len(cells)} trials, {cpus_per_trial} CPU{'s' * (cpus_per_trial != 1)} each; "
                 f"checkpoints in {experiment}")
-            tuner = tune.Tuner(
+            results = tune.Tuner(
                 trainable,
                 param_space=space,
                 run_config=tune.RunConfig(
                     name=name, storage_path=where, verbose=0, callbacks=[lines.callback],
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-            )
-        started = time.perf_counter()
-        results = tuner.fit()
+            ).fit()
         log(f"ray: {len(cells)} trials in {time.perf_counter() - started:.0f} s")
-        return _collect(results, cells, runs_dir, {"train_file": str(train.path), "dev_file": str(dev.path)})
+        return _collect(results, cells, runs_dir, files)
 
     return run
 
 
+def _kept(runs_dir: Path, cell) -> bool:
+    return (runs_dir / ft.run_name(*cell) / SOURCE_RECORD).is_file()
+
+
+def _lost(results, runs_dir: Path, cell) -> bool:
+    """A trial that Ray ended in an error (not one the run reported) and whose model the driver does not hold."""
+    if _kept(runs_dir, cell):
+        return False
+    return any(tuple(result.config["cell"]) == tuple(cell) and result.error is not None for result in results)
+
+
+def _keep(checkpoint, run_dir: Path, files: dict) -> None:
+    """A finished trial's model copied to run_dir (through a staging folder: run_dir is whole or absent)."""
+    if (run_dir / SOURCE_RECORD).is_file():
+        return
+    staging = run_dir.with_name(f".{run_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpoint.to_directory(str(staging))
+    _record_files(staging, files)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    staging.rename(run_dir)
+
+
 def _collect(results, cells, runs_dir: Path, files: dict) -> list[dict]:
-    """The trials in the grid's order, one entry each; the finished models copied to runs_dir/<run>/."""
+    """The trials in the grid's order, one entry each, a finished one with the path of its model."""
     by_cell = {}
     for result in results:
         cell = tuple(result.config["cell"])
         metrics = result.metrics or {}
-        if metrics.get("status") == "ok":
-            trial = json.loads(metrics["trial_json"])
-            run_dir = runs_dir / trial["run"]
-            if not (run_dir / SOURCE_RECORD).is_file():
-                staging = runs_dir / f".{trial['run']}.tmp"
-                shutil.rmtree(staging, ignore_errors=True)
-                result.checkpoint.to_directory(str(staging))
-                _record_files(staging, files)
-                shutil.rmtree(run_dir, ignore_errors=True)
-                staging.rename(run_dir)
-            trial["path"] = str(run_dir)
+        run_dir = runs_dir / ft.run_name(*cell)
+        if metrics.get("status") == "ok" and (result.checkpoint is not None or _kept(runs_dir, cell)):
+            if result.checkpoint is not None:
+                _keep(result.checkpoint, run_dir, files)  # kept already, unless its callback did not run
+            trial = {**json.loads(metrics["trial_json"]), "path": str(run_dir)}
+        elif _kept(runs_dir, cell):  # finished by an earlier driver
+            record = json.loads((run_dir / SOURCE_RECORD).read_text(encoding="utf-8"))["history"][-1]
+            trial = {**ft.trial_entry(*cell, record), "path": str(run_dir), "resumed_after_epoch": 0}
         elif metrics.get("status") == "failed":
             trial = ft.trial_entry(*cell, error=metrics["error"])
         else:
@@ -339,7 +413,7 @@ def _convert_on_node(source, tokenizer: bytes | None, mode: str, seq_len: int, n
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
-    root = Path(tempfile.mkdtemp(prefix="edgebert-cell-"))
+    root = _scratch_dir("cell")
     try:
         if tokenizer is not None:  # a Hugging Face source's tokenizer.json, written here under its own name
             path = root / source.tokenizer_json.name
@@ -364,7 +438,7 @@ def _bench_on_node(converted: dict, name: str, threads: int, runs: int, warmup: 
     node = _node()
     if "error" in converted:
         return {"error": converted["error"], "node": converted["node"]}
-    root = Path(tempfile.mkdtemp(prefix="edgebert-cell-"))
+    root = _scratch_dir("cell")
     try:
         sweep.unpack_dir(converted["bundle"], root / name)
         result = bench_in_fresh_process(root / name, threads=threads, runs=runs, warmup=warmup)
