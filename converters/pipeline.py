@@ -54,7 +54,10 @@ class ConvertOptions:
     compat: Compat | None = None
     calibration_file: Path | None = None  # int8: sentences, one per line (default: samples/)
     calibration_size: int = 100
-    validation_size: int = 32
+    validation_size: int = 32  # texts from samples/; a validation_file gives up to VALIDATION_FILE_TEXTS
+    # The user's own text to validate on, one per line (default: samples/): the thresholds then hold for
+    # text like it (a semantic search's short queries move further under int8 than samples/' sentences).
+    validation_file: Path | None = None
     lowercase: bool | None = None  # None: follow the checkpoint
     labels: tuple[str, ...] = ()
     force: bool = False
@@ -179,6 +182,15 @@ def _labels(source: Source, options: ConvertOptions, num_labels: int) -> list[st
     if num_labels and len(labels) != num_labels:
         raise UsageError(f"--labels names {len(labels)} labels but the classifier in {source.path} has {num_labels}")
     return labels if num_labels else []
+
+
+VALIDATION_FILE_TEXTS = 256  # at most, from --validation: each is run on every candidate of a search
+
+
+def _validation_texts(options: ConvertOptions) -> list:
+    if options.validation_file is None:
+        return _texts(options.validation_size)
+    return samples.load_sentences(options.validation_file, limit=VALIDATION_FILE_TEXTS)  # none: one line
 
 
 def _texts(limit: int, path: Path | None = None) -> list:
@@ -350,6 +362,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                                    label_column=options.eval_label_column)
         check_task_fits(eval_task, num_labels, source.path)
 
+    validation_texts = _validation_texts(options)  # read before the slow part, so a bad file fails at once
     calibration = None
     if mode is QuantizeMode.INT8:  # read before the slow part, so a bad file fails at once
         calibration = _calibration(tokenizer, _texts(options.calibration_size, options.calibration_file), lengths)
@@ -383,7 +396,6 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             return export_tflite(exported, seq_len, QuantizeMode.FLOAT32, shorter_lengths=options.buckets)
 
     log("validating against the float model" + (" at every length" if options.buckets else ""))
-    validation_texts = _texts(options.validation_size)
     validation_inputs, references = _at_every_length(tokenizer, validation_texts, lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
@@ -471,7 +483,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         "ops": ops,
         "quantization": {**quantized.manifest,
                          **({"equalization": equalized.manifest(model_bytes, missed)} if equalized else {})},
-        "validation": {**validation, "runtime": runtime},
+        "validation": {**validation, "texts": str(options.validation_file or "samples/"), "runtime": runtime},
         **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},
         "files": {name: {"bytes": len(data), "sha256": bundle.sha256_bytes(data)} for name, data in files.items()},

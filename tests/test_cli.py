@@ -347,6 +347,16 @@ def test_convert_missing_calibration_file(tiny_checkpoint, tmp_path):
     assert_nothing_left(tmp_path / "out")
 
 
+def test_convert_missing_validation_file(tiny_checkpoint, tmp_path):
+    validation = tmp_path / "validation.txt"
+    result = invoke("convert", tiny_checkpoint, "--out", tmp_path / "out", "--seq-len", "32",
+                    "--validation", validation)
+    # The validation text is read before the float model is built: it fails at once.
+    line = error_line(result, 2, progress=(f"reading {tiny_checkpoint}",))
+    assert line == f"error: {validation}: sample file not found"
+    assert_nothing_left(tmp_path / "out")
+
+
 # --- demo ----------------------------------------------------------------------------------------------
 
 def test_demo_converts_and_times_the_chosen_modes(tmp_path):

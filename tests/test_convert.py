@@ -354,6 +354,29 @@ def test_int8_with_a_calibration_file(tiny_checkpoint, tmp_path):
     assert models["short"] != models["long"]
 
 
+def test_validation_on_a_file_of_the_user_s_own_text(tiny_checkpoint, tmp_path):
+    """README: `--validation FILE` validates on that file's texts (one per line), not samples/: the manifest
+    names the file and counts its texts, and the figures are those texts' own."""
+    from cli_helpers import invoke
+
+    texts = {"queries": "cheap flights\nwhy?\nbest pizza near me\nwow\nrefund policy\n",
+             "reviews": "\n".join(["The film was a delight from start to finish, and I would see it again.",
+                                   "Rain fell on the city all night while the trains kept running on time.",
+                                   "A noticeably longer sentence with quite a few more words in it than most."])}
+    figures = {}
+    for name, content in texts.items():
+        validation = tmp_path / f"{name}.txt"
+        validation.write_text(content + "\n", encoding="utf-8")
+        out = tmp_path / name
+        result = invoke("convert", tiny_checkpoint, "--out", out, "--seq-len", 16, "--validation", validation)
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "manifest.json").read_text())["validation"]
+        assert report["texts"] == str(validation) and report["passed"]
+        assert report["examples"] == len(content.strip().splitlines())
+        figures[name] = report["outputs"]["pooled_output"]["mean_cosine"]
+    assert figures["queries"] != figures["reviews"]
+
+
 def _activation_scales(model_path) -> list[tuple[float, ...]]:
     """The quantization scales of every non-constant tensor (activations: what calibration measures)."""
     from ai_edge_litert.tools import flatbuffer_utils

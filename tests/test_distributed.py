@@ -202,15 +202,21 @@ def test_a_killed_worker_node_s_trial_restarts_from_its_checkpoint_and_finishes_
 
 def _kill_after_a_finished_trial(args: list[str]) -> str:
     """Start the driver, kill it (and its process group) once a trial has finished; that trial's name."""
+    line = _kill_after(args, lambda line: "] bs16-" in line and ": finished" in line)
+    return line.split("] ", 1)[1].split(":")[0]
+
+
+def _kill_after(args: list[str], seen) -> str:
+    """Start the driver and kill it (and its process group) at the first progress line `seen` accepts."""
     driver = _driver(args)
     lines = []
     for line in driver.stderr:
         lines.append(line.rstrip("\n"))
-        if "] bs16-" in line and ": finished" in line:
+        if seen(line):
             break
     _kill_tree(driver)
-    assert lines and ": finished" in lines[-1], "\n".join(lines)[-4000:]
-    return lines[-1].split("] ", 1)[1].split(":")[0]
+    assert lines and seen(lines[-1]), "\n".join(lines)[-4000:]
+    return lines[-1]
 
 
 def _rerun(args: list[str]) -> str:
@@ -239,31 +245,41 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, files,
     assert ours["dev_metrics"]["accuracy"] == pytest.approx(theirs["dev_metrics"]["accuracy"], abs=0.02)
 
 
+# What a kill can leave of Ray's own state (seen in CI): its search state cut short mid-write, or a trial's
+# recorded checkpoint already deleted by Tune (num_to_keep) before the state recording the next was saved.
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["search state half-written", "checkpoints gone"])
-def test_a_rerun_survives_what_a_killed_driver_leaves_of_ray_s_state(cluster, files, tmp_path, damage):
-    """What a kill can leave (seen in CI): Ray's search state cut short mid-upload (Ray then starts the
-    experiment over), or a trial's recorded checkpoint already deleted by Tune (that trial cannot be restored).
-    Either way no finished trial trains again, and every trial ends with a result."""
+def test_a_half_written_ray_search_state_redoes_no_finished_trial(cluster, files, tmp_path):
     args = _finetune_args(files, tmp_path / "best", "--ray", cluster.address)
     finished = _kill_after_a_finished_trial(args)
     experiment = next((tmp_path / "best.search" / "ray").iterdir())
-    if damage == "search state half-written":
-        states = list(experiment.glob("basic-variant-state-*.json"))
-        assert states, sorted(path.name for path in experiment.iterdir())
-        for state in states:
-            state.write_bytes(b"")
-    else:
-        checkpoints = list(experiment.glob("*/checkpoint_*"))
-        assert checkpoints, sorted(path.name for path in experiment.iterdir())
-        for checkpoint in checkpoints:
-            shutil.rmtree(checkpoint)
+    states = list(experiment.glob("basic-variant-state-*.json"))
+    assert states, sorted(path.name for path in experiment.iterdir())
+    for state in states:
+        state.write_bytes(b"")  # Ray cannot read it: it starts the experiment over
     rerun = _rerun(args)
     assert f"{finished}: epoch" not in rerun, rerun
-    if damage == "checkpoints gone":
-        assert "could not be resumed; restarting from the first epoch" in rerun, rerun
     trials = _search_record(tmp_path / "best")["search"]
-    assert [t["run"] for t in trials] == ["bs16-lr0.003", "bs16-lr1e-06"] and all(t["status"] == "ok" for t in trials), trials
+    assert [t["run"] for t in trials] == ["bs16-lr0.003", "bs16-lr1e-06"], trials
+    assert all(t["status"] == "ok" for t in trials), trials
+
+
+@pytest.mark.slow
+def test_a_trial_whose_checkpoint_is_gone_is_restarted_from_its_first_epoch(cluster, files, tmp_path):
+    args = _finetune_args(files, tmp_path / "best", "--ray", cluster.address)
+    # Two epochs (seconds) after a trial's first checkpoint: Ray's state, saved each second, records one.
+    _kill_after(args, lambda line: ": epoch 3," in line)
+    experiment = next((tmp_path / "best.search" / "ray").iterdir())
+    checkpoints = list(experiment.glob("*/checkpoint_*"))
+    assert checkpoints, sorted(path.name for path in experiment.iterdir())
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+    rerun = _rerun(args)
+    assert "could not be resumed; restarting from the first epoch" in rerun, rerun
+    trials = _search_record(tmp_path / "best")["search"]
+    assert [t["run"] for t in trials] == ["bs16-lr0.003", "bs16-lr1e-06"], trials
+    assert all(t["status"] == "ok" for t in trials), trials
 
 
 @pytest.mark.slow

@@ -79,6 +79,10 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
               help="Calibration text, one sentence per line, for int8 and for outlier equalization's smoothing "
                    "and GPTQ (default: samples/).")
+@click.option("--validation", "validation_file", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="Text to validate the export on, one per line (up to 256; default: 32 texts of samples/): "
+                   "the thresholds, and the mixed-precision search, then hold for text like yours, such as "
+                   "a search's short queries. Outlier equalization calibrates on other text.")
 @click.option("--labels", default=None, help="Comma-separated label names for a classifier.")
 @click.option("--uncased/--cased", "lowercase", default=None,
               help="Override the casing inferred from the checkpoint.")
@@ -103,7 +107,7 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.pass_context
 def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_budget, equalize, seq_len, last_layer, head, compat,
-            calibration_file, labels, lowercase, eval_file,
+            calibration_file, validation_file, labels, lowercase, eval_file,
             eval_text_columns, eval_label_column, recipe, task_file, dev_file, corpus_files, keep_work, force):
     """Convert SOURCE into a validated TFLite bundle at DIR.
 
@@ -121,7 +125,7 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
 
     precision = {"mixed_precision": mixed_precision == "on" if given(ctx, "mixed_precision") else None,
                  "mixed_precision_budget": mixed_precision_budget}
-    common = dict(head=head, calibration_file=calibration_file, labels=tuple(labels.split(",")) if labels else (),
+    common = dict(head=head, calibration_file=calibration_file, validation_file=validation_file, labels=tuple(labels.split(",")) if labels else (),
                   lowercase=lowercase, force=force, eval_file=eval_file, equalize=equalize == "auto",
                   eval_text_columns=parse_columns(eval_text_columns), eval_label_column=parse_column(eval_label_column))
     if recipe is None:
