@@ -125,8 +125,9 @@ def convert(ctx, source, out_dir, quantize, mixed_precision, mixed_precision_bud
 
     precision = {"mixed_precision": mixed_precision == "on" if given(ctx, "mixed_precision") else None,
                  "mixed_precision_budget": mixed_precision_budget}
-    common = dict(head=head, calibration_file=calibration_file, validation_file=validation_file, labels=tuple(labels.split(",")) if labels else (),
-                  lowercase=lowercase, force=force, eval_file=eval_file, equalize=equalize == "auto",
+    common = dict(head=head, calibration_file=calibration_file, validation_file=validation_file,
+                  labels=tuple(labels.split(",")) if labels else (), lowercase=lowercase, force=force,
+                  eval_file=eval_file, equalize=equalize == "auto",
                   eval_text_columns=parse_columns(eval_text_columns), eval_label_column=parse_column(eval_label_column))
     if recipe is None:
         if task_file or dev_file or corpus_files or keep_work:
