@@ -250,10 +250,11 @@ class _Lines:
                 outer.log(f"[{outer.done}/{outer.total}] {outer.name(trial)}: finished")
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                outer.log(f"{outer.name(trial)}: its process or node failed (no restarts left)")
+                outer.log(f"{outer.name(trial)}: its process or node failed{_why(trial)} (no restarts left)")
 
             def on_trial_recover(self, iteration, trials, trial, **info):
-                outer.log(f"{outer.name(trial)}: its process or node failed; restarting from its last checkpoint (if any)")
+                outer.log(f"{outer.name(trial)}: its process or node failed{_why(trial)}; restarting from its last "
+                          "checkpoint (if any)")
 
         self.log, self.metric, self.total, self.done = log, metric, total, 0
         self.runs_dir, self.keep = runs_dir, keep
@@ -263,6 +264,16 @@ class _Lines:
     def name(trial) -> str:
         cell = (trial.config or {}).get("cell")
         return ft.run_name(*cell) if cell else f"trial {trial.trial_id}"
+
+
+def _why(trial) -> str:
+    """The trial's last error as ` (one line)`: Tune's own tracebacks are turned off."""
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # noqa: BLE001 - its storage cannot be read: the line goes without the reason
+        return ""
+    error = getattr(error, "cause", None) or error  # a RayTaskError wraps the trial's own exception
+    return f" ({ft.one_line_error(error)})" if error else ""
 
 
 def tune_trials(*, storage: str | os.PathLike | None = None, cpus_per_trial: int = 1, log: Log = print,
@@ -276,6 +287,7 @@ def tune_trials(*, storage: str | os.PathLike | None = None, cpus_per_trial: int
         # The experiment's state (which trials finished) saved every second, not every 10+: a driver killed
         # and rerun restarts fewer trials.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a traceback per failure: _Lines gives a line
         from ray import tune
 
         runs_dir = Path(runs_dir).resolve()

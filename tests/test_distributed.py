@@ -277,6 +277,9 @@ def test_a_trial_whose_checkpoint_is_gone_is_restarted_from_its_first_epoch(clus
         shutil.rmtree(checkpoint)
     rerun = _rerun(args)
     assert "could not be resumed; restarting from the first epoch" in rerun, rerun
+    # Each failure is one line with its reason, not Ray's traceback.
+    assert "its process or node failed (ValueError: Could not recover from checkpoint" in rerun, rerun
+    assert "Traceback" not in rerun, rerun
     trials = _search_record(tmp_path / "best")["search"]
     assert [t["run"] for t in trials] == ["bs16-lr0.003", "bs16-lr1e-06"], trials
     assert all(t["status"] == "ok" for t in trials), trials
