@@ -45,6 +45,7 @@ from typing import Callable
 
 from converters import finetune as ft
 from converters.google_checkpoint import SOURCE_RECORD
+from edgebert.bundle import process_alive
 from edgebert.errors import UsageError
 
 DISTRIBUTED_EXTRA = "pip install 'edgebert[distributed]'"
@@ -150,19 +151,9 @@ def _scratch_dir(kind: str, parent: str | None = None) -> Path:
     parent = Path(parent or tempfile.gettempdir())
     for stale in parent.glob(f"edgebert-{kind}-*-*"):
         pid = stale.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"edgebert-{kind}-{os.getpid()}-", dir=parent))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _trial(config: dict, inputs: TrialInputs | None = None) -> None:

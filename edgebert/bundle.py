@@ -116,7 +116,7 @@ def remove_stale_staging(out_dir: Path) -> None:
     for leftover in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*-*-*"):
         kind, _, rest = leftover.name[len(Path(out_dir).name) + 2:].partition("-")
         pid = rest.split("-")[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _process_alive(int(pid)):
+        if kind in ("tmp", "old") and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -211,7 +211,7 @@ def _lock_holder(handle: int) -> int | None:
     return None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
