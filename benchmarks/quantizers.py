@@ -141,28 +141,12 @@ def _aeq_all(float_bytes: bytes, precision: str) -> bytes:
 def _aeq_int4_blocks(float_bytes: bytes, block: int) -> bytes:
     """Every dense layer int4 in blocks of `block` input channels (min/max scales, one per block and output
     channel), the embedding as the product quantizes it at int4 (blocks of 32 per row)."""
-    import re
-
-    from ai_edge_quantizer import qtyping, quantizer
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
     from converters import quantize
-    from edgebert.quiet import native_output_silenced
 
     prepared = quantize.prepare(float_bytes)
-    scopes = quantize._scopes(prepared)
-    engine = quantizer.Quantizer(bytearray(prepared))
-    for layer in quantize.find_layers(prepared):
-        if not layer.quantizable:
-            continue
-        size = 32 if layer.op == "EMBEDDING_LOOKUP" else block
-        for scope in scopes.get(layer.name, [layer.scope]):
-            engine.add_dynamic_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName(layer.op), 4,
-                                      granularity=qtyping.QuantGranularity[f"BLOCKWISE_{size}"],
-                                      algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
-    with native_output_silenced():
-        result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
-    return quantize._share_identical_buffers(quantize._mark_per_channel_hybrid(bytes(result.quantized_model)))
+    layers = quantize.find_layers(prepared)
+    plan = {layer.name: quantize.Precision.INT4 for layer in layers if layer.quantizable}
+    return quantize.quantize(prepared, layers, plan, int4_block=block)
 
 
 def _aeq_float16(float_bytes: bytes) -> bytes:

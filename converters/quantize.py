@@ -408,9 +408,11 @@ def _mark_per_channel_hybrid(model_bytes: bytes) -> bytes:
     return _serialize(model, fb)
 
 
-def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision]) -> bytes:
+def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], int4_block: int | None = None) -> bytes:
     """`prepared` (see prepare()) with each layer at its planned precision (missing or float32: left
-    float). One AEQ recipe entry per quantized layer, anchored on its exact scope."""
+    float). One AEQ recipe entry per quantized layer, anchored on its exact scope. `int4_block`: int4 dense
+    layers in blocks of that many input channels with min/max scales instead of per channel with OCTAV's
+    (benchmarks.quantizers measures it; the product does not ship it)."""
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -422,9 +424,10 @@ def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision]) -
     for layer in todo:
         int4 = plan[layer.name] is Precision.INT4
         embedding = layer.op == "EMBEDDING_LOOKUP"
-        granularity = (qtyping.QuantGranularity.BLOCKWISE_32 if int4 and embedding
+        block = (32 if embedding else int4_block) if int4 else None
+        granularity = (qtyping.QuantGranularity[f"BLOCKWISE_{block}"] if block
                        else qtyping.QuantGranularity.CHANNELWISE)
-        algorithm = (AlgorithmName.OCTAV if int4 and not embedding else AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+        algorithm = (AlgorithmName.OCTAV if int4 and not block else AlgorithmName.MIN_MAX_UNIFORM_QUANT)
         for scope in scopes.get(layer.name, [layer.scope]):
             engine.add_dynamic_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName(layer.op),
                                       4 if int4 else 8, granularity=granularity, algorithm_key=algorithm)
