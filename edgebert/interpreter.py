@@ -93,7 +93,12 @@ class _CachedSignature:
             for name, shape in shapes.items():
                 model.resize_input_tensor_by_name(signature, name, list(shape))
         self.shapes = {n: tuple(d["shape"]) for n, d in model.get_input_tensor_details(signature).items()}
-        self.outputs = {n: tuple(d["shape"]) for n, d in model.get_output_tensor_details(signature).items()}
+        details = model.get_output_tensor_details(signature)
+        integer = sorted(name for name, detail in details.items() if detail.get("dtype", "float32") != "float32")
+        if integer:  # CompiledModel gives no quantization parameters to dequantize them with
+            raise ValueError(f"output {integer[0]!r} is {details[integer[0]]['dtype']}: the weight cache "
+                             "runs models with float outputs only; run it without the weight cache")
+        self.outputs = {n: tuple(d["shape"]) for n, d in details.items()}
         self.inputs = {n: model.create_input_buffer_by_name(signature, n) for n in self.shapes}
         self.results = {n: model.create_output_buffer_by_name(signature, n) for n in self.outputs}
 
@@ -127,6 +132,21 @@ def weight_cache_supported(runtime: Runtime) -> bool:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0][:300] if lines else type(error).__name__
+
+
+def _integer_outputs(runner) -> dict[str, tuple[float, int]]:
+    """Output name -> (scale, zero point) for each output the model stores as quantized integers. Our
+    exports end in float, but a full-integer model from another tool (ai-edge-quantizer's static recipes
+    keep the last op's int8 or int16 output) does not, and its raw integers read as values are wrong:
+    their softmax overflows, and a zero point skews every cosine."""
+    details = runner.get_output_details() if hasattr(runner, "get_output_details") else {}
+    quantized = {}
+    for name, detail in details.items():
+        parameters = detail.get("quantization_parameters") or {}
+        scales, zero_points = parameters.get("scales", ()), parameters.get("zero_points", ())
+        if np.issubdtype(np.dtype(detail.get("dtype", np.float32)), np.integer) and len(scales) == 1:
+            quantized[name] = (float(scales[0]), int(zero_points[0]))
+    return quantized
 
 
 class TFLiteModel:
@@ -209,6 +229,8 @@ class TFLiteModel:
         if len(self._by_length) == 1 and not self._fixed_serving_default():
             self._by_length = {}  # a dynamic serving_default reports its placeholder shape [1, 1]
 
+        self._dequantize = {id(runner): _integer_outputs(runner) for runner in self._runners.values()}
+
     def _fixed_serving_default(self) -> bool:
         details = self._runner.get_input_details()["input_ids"]
         signature = details.get("shape_signature")
@@ -228,13 +250,16 @@ class TFLiteModel:
                 with native_output_silenced():
                     outputs = runner(**feed)
                 self._delegate_applied = True
-                return outputs
-            return runner(**feed)
+            else:
+                outputs = runner(**feed)
         except (ValueError, RuntimeError, TypeError, OverflowError, KeyError, IndexError) as error:
             # e.g. "gather index out of bounds" (ids past the vocabulary), or a damaged model's tensor index
             # that its native wrapper cannot even take (TypeError)
             reason = " ".join(str(error).split())[:300] or type(error).__name__
             raise BundleError(f"the model failed to run on this input ({reason})", self.path) from None
+        for name, (scale, zero_point) in self._dequantize[id(runner)].items():
+            outputs[name] = (outputs[name].astype(np.float32) - zero_point) * scale
+        return outputs
 
     def runner_for(self, feed: dict):
         """The signature runner an input goes to: the bucket of its length, else serving_default."""
