@@ -21,10 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
+from edgebert.scores import softmax
 
 
 def probabilities(path: Path, feeds: list[dict]) -> tuple[np.ndarray, float]:

@@ -4,8 +4,9 @@ overflowing softmax's NaN for a broken quantizer); benchmarks.full_int8 measures
 import numpy as np
 import pytest
 
-from benchmarks.full_int8 import aeq_static, probabilities, softmax
+from benchmarks.full_int8 import aeq_static, probabilities
 from edgebert.errors import BundleError
+from edgebert.scores import softmax
 
 
 @pytest.fixture(scope="module")
