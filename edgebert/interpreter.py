@@ -216,7 +216,8 @@ class TFLiteModel:
         self.output_names = tuple(sorted(signatures[SIGNATURE]["outputs"]))
 
     def _index_lengths(self, signatures: dict) -> None:
-        """Fixed length -> runner, over the signatures with serving_default's inputs and outputs."""
+        """Fixed length -> runner, over the signatures with serving_default's inputs and outputs; and for
+        every runner, the integer outputs its calls dequantize."""
         self._runner = self._runners[SIGNATURE]
         self._by_length = {}
         for name, runner in self._runners.items():
@@ -228,7 +229,6 @@ class TFLiteModel:
                 self._by_length[shape[1]] = runner
         if len(self._by_length) == 1 and not self._fixed_serving_default():
             self._by_length = {}  # a dynamic serving_default reports its placeholder shape [1, 1]
-
         self._dequantize = {id(runner): _integer_outputs(runner) for runner in self._runners.values()}
 
     def _fixed_serving_default(self) -> bool:
