@@ -106,17 +106,18 @@ def main() -> None:
         with native_output_silenced():
             float_bytes = export_tflite(model, seq, QuantizeMode.FLOAT32)
         plain = lambda: export_tflite(model, seq, QuantizeMode.INT8, lambda: iter(calibration))  # noqa: E731
-        smoothing = {}
+        smoothing = {}  # the equalized model and its int8 export, which the GPTQ row refines
 
         def smoothed():
             smoothing["model"] = equalized()
-            return export_tflite(smoothing["model"].model, seq, QuantizeMode.INT8, lambda: iter(calibration))
+            smoothing["int8"] = export_tflite(smoothing["model"].model, seq, QuantizeMode.INT8, lambda: iter(calibration))
+            return smoothing["int8"]
 
         candidates = [
             ("int8, TensorFlow converter", plain),
             ("int8 equalized, TensorFlow converter", smoothed),
             ("int8 equalized + GPTQ, TensorFlow converter",
-             lambda: smoothing["model"].refine(Path(scratch, "int8 equalized, TensorFlow converter.tflite").read_bytes())),
+             lambda: smoothing["model"].refine(smoothing["int8"])),
             ("int16 activations, TensorFlow converter", int16_converter),
             ("int8, ai-edge-quantizer", lambda: aeq_static(float_bytes, calibration)),
             ("int8 dense layers only (every other op float), ai-edge-quantizer",

@@ -59,6 +59,7 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
                  validation: Path | None = None) -> dict[str, Path]:
     """Every wanted row's .tflite (and float32's, the reference), written into out (reused when present);
     with `validation`, also the default dynamic-int8 validated on that file, unless no mix passes there."""
+    from benchmarks.full_int8 import aeq_static
     from converters.export import QuantizeMode, export_tflite
     from converters.model import INT8_MASKED_SCORE, build_bert, set_google_weights
     from converters.pipeline import (
@@ -101,7 +102,7 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
     write("dynamic-int4 aeq", lambda: _aeq_all(float_bytes, "int4"))
     write("dynamic-int4 aeq b32", lambda: _aeq_int4_blocks(float_bytes, 32))
     write("dynamic-int4 aeq b128", lambda: _aeq_int4_blocks(float_bytes, 128))
-    write("int8 aeq", lambda: _aeq_static_int8(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
+    write("int8 aeq", lambda: aeq_static(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
     for mode in ("dynamic-int8", "dynamic-int4"):
         name = f"default {mode}"
         if name in rows and not rows[name].is_file():
@@ -162,14 +163,6 @@ def _aeq_float16(float_bytes: bytes) -> bytes:
     engine.update_quantization_recipe(".*", qtyping.TFLOperationName.ALL_SUPPORTED, config,
                                       algorithm_key=AlgorithmName.FLOAT_CASTING)
     return bytes(engine.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
-
-
-def _aeq_static_int8(float_bytes: bytes, calibration: list[dict]) -> bytes:
-    from ai_edge_quantizer import quantizer, recipe
-
-    engine = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
-    calibrated = engine.calibrate({"serving_default": calibration})
-    return bytes(engine.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
 
 def _fidelity(rows: dict[str, Path], feeds: list[dict]) -> dict[str, dict]:
