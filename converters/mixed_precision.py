@@ -16,6 +16,11 @@ read them costs most of the error (all-MiniLM-L6-v2's dynamic int8 export: sente
 5. Give back: each raised layer, least sensitive first, is lowered one step again where the mix still
    passes without it (step 4 and the doubling overshoot).
 
+Full int8 climbs the same ladder on other rungs. The TensorFlow converter's all-integer export comes
+first; when it misses, the search starts from ai-edge-quantizer's static int8 on every dense layer (int8
+weights and activations, ranges calibrated once) with every other op float32, and raises dense layers to
+float32. On real weights nothing else can be integer (converters/quantize.py).
+
 The budget bounds it: the share of the layers' weights (counted at float32 bytes) kept in float32 may
 not pass it. Layers a recipe override set are never changed. Every candidate is a real `.tflite` run
 with the interpreter, as the bundle will be.
@@ -31,6 +36,10 @@ from converters.quantize import Layer, Precision
 from edgebert.errors import UsageError, ValidationError
 
 DEFAULT_BUDGET = 0.25  # largest share of the layers' float32 bytes the search may keep in float32
+# Full int8's search, when the converter's all-integer export misses: ai-edge-quantizer's static int8 on
+# the dense layers alone (converters/quantize.py says why no other op can take int8 on real weights).
+STATIC_ACTIVATIONS = ("int8 dense layers take int8 activations (per-tensor ranges calibrated once); "
+                      "every other op runs float32")
 
 
 @dataclass(frozen=True)
@@ -223,16 +232,22 @@ def converter_makes_it(mode, compat, overrides) -> bool:
 
 def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, compat, overrides: tuple, mixed: bool,
                   budget: float, check, scratch: Path, log: Callable[[str], None],
-                  refine: Callable[[bytes], bytes] | None = None) -> QuantizedExport:
+                  refine: Callable[[bytes], bytes] | None = None, calibration=None) -> QuantizedExport:
     """Validate the export and, where it misses and the mode allows it, search a mix of precisions.
     `converted` is the TensorFlow converter's export in `mode` (when converter_makes_it) or in float32;
     `export_float()` gives the float32 export when a search needs it. `refine` rewrites each candidate
-    ai-edge-quantizer makes (outlier equalization's GPTQ). Raises ValidationError if nothing passes;
-    nothing is written here."""
+    ai-edge-quantizer makes (outlier equalization's GPTQ). `calibration`: full int8's calibration inputs
+    (pipeline._calibration); with them a full-int8 export that misses is searched too, its candidates'
+    int8 dense layers static (STATIC_ACTIVATIONS). Raises ValidationError if nothing passes; nothing is
+    written here."""
     from converters import quantize
+    from converters.export import QuantizeMode
     from edgebert.interpreter import TFLiteModel
 
     precision = quantizer_precision(mode, compat)
+    static = mode is QuantizeMode.INT8 and compat is None and calibration is not None
+    if static:
+        precision = Precision.INT8
     first_bytes, fallback = None, {}
     if converter_makes_it(mode, compat, overrides):
         path = scratch / "converted.tflite"
@@ -244,7 +259,8 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
                                              f"the TensorFlow converter's {mode.value}"), None)
         missed = _shortfall(report, mode)
         log(f"the converter's {mode.value} export misses its thresholds (shortfall "
-            f"{missed:.3g}); searching a mix of precisions with ai-edge-quantizer")
+            f"{missed:.3g}); searching a mix of precisions with ai-edge-quantizer"
+            + (f": {STATIC_ACTIVATIONS}" if static else ""))
         first_bytes, converted = len(converted), export_float()
         # The manifest says why ai-edge-quantizer made a mode the converter normally makes.
         fallback = {"tensorflow_converter": {"passed": False, "shortfall": round(missed, 4), "bytes": first_bytes}}
@@ -254,11 +270,17 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
     chosen = quantize.apply_overrides(layers, precision, overrides)
     start = {name: choice[0] for name, choice in chosen.items()}
     fixed = {layer.name for layer in layers if any(override.matches(layer.name) for override in overrides)}
-    quantizer = quantize.quantize if refine is None else (
+    ranges = None
+    if static:
+        log("calibrating the dense layers' activation ranges")
+        ranges = quantize.calibrate(prepared, layers, calibration)
+    quantizer = functools.partial(quantize.quantize, static=ranges) if refine is None else (
         lambda model, layers, plan: refine(quantize.quantize(model, layers, plan)))
     evaluate = Evaluator(prepared, layers, check, scratch, quantizer)
     reasons = {name: choice[1] for name, choice in chosen.items()}
     tool = f"ai-edge-quantizer {quantize.quantizer_version()}"
+    if static:  # the manifest's layers say which dense layers are int8; this says what runs around them
+        fallback["activations"] = STATIC_ACTIVATIONS
     first = evaluate(start)
     if first.passed or not mixed:
         validation = check.record(first.report)  # raises when it missed and the search is off

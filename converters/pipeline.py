@@ -69,7 +69,8 @@ class ConvertOptions:
     eval_label_column: str | int | None = None
     # Per-layer precisions (converters/quantize.py; a recipe's [[convert.overrides]]), and the search that
     # raises the most sensitive layers when an export misses its thresholds (converters/mixed_precision.py;
-    # dynamic-int8 and dynamic-int4). Off: an export that misses is refused, as before.
+    # dynamic-int8, dynamic-int4, and int8 with static int8 dense layers among float ops). Off: an export
+    # that misses is refused, as before.
     layer_overrides: tuple[Override, ...] = ()
     mixed_precision: bool = True
     mixed_precision_budget: float = DEFAULT_BUDGET  # largest share of weights kept float32
@@ -427,7 +428,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         quantized = finish_export(
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
             options.mixed_precision_budget, check, Path(scratch), log,
-            refine=equalized.refine if equalized else None)
+            refine=equalized.refine if equalized else None, calibration=calibration)
         model_bytes, validation = quantized.model, quantized.validation
         # A classifier's logits become probabilities (a SOFTMAX in the graph); a classifier or sentence embedding
         # carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).

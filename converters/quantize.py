@@ -22,6 +22,11 @@ Precisions (weights; activations stay float32 in the graph):
              int4: min cosine 0.885 vs 0.818 with plain min/max); the embedding in blocks of 32 per row
              (alone at int4: 0.9969 vs 0.9431 per row); activations as for int8 (qd8-f32-qc4w)
     float32  not quantized
+Full int8's search (mixed_precision.finish_export) quantizes its int8 dense layers statically instead:
+int8 activations too, their per-tensor ranges calibrated once (calibrate()), and every op but the dense
+layers float32. On the fine-tuned all-MiniLM-L6-v2 that is as far as int8 activations go: its LayerNorms
+(MEAN, SQUARED_DIFFERENCE) and residual ADDs, each alone at int8, move a probability by 0.93-0.99
+(README: "Full int8 on real weights").
 Layers with fewer than 1024 weights stay float32, as the TensorFlow converter leaves them: quantizing
 them saves nothing and costs accuracy.
 """
@@ -408,11 +413,45 @@ def _mark_per_channel_hybrid(model_bytes: bytes) -> bytes:
     return _serialize(model, fb)
 
 
-def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], int4_block: int | None = None) -> bytes:
+def calibrate(prepared: bytes, layers: list[Layer], calibration) -> dict:
+    """The activation ranges static int8 needs (AEQ's calibration result), measured once on the float
+    model for every dense layer, so that each candidate of a full-int8 search is only a quantize() away.
+    `calibration()` yields input dicts, or (signature, input dict) pairs for a model with length buckets."""
+    from ai_edge_quantizer import quantizer
+
+    feeds: dict[str, list] = {}
+    for item in calibration():
+        signature, inputs = item if isinstance(item, tuple) else ("serving_default", item)
+        feeds.setdefault(signature, []).append(inputs)
+    engine = quantizer.Quantizer(bytearray(prepared))
+    _add_static_configs(engine, prepared, [layer for layer in layers if layer.op == "FULLY_CONNECTED"])
+    try:
+        with native_output_silenced():
+            return engine.calibrate(feeds)
+    except Exception as error:  # as in quantize(): AEQ's ValueError, RuntimeError, KeyError...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"ai-edge-quantizer's calibration failed: {first}") from error
+
+
+def _add_static_configs(engine, prepared: bytes, dense: list[Layer]) -> None:
+    """int8 weights per output channel and int8 activations with calibrated per-tensor ranges, for
+    each of these dense layers; nothing else changes."""
+    from ai_edge_quantizer import qtyping
+
+    scopes = _scopes(prepared)
+    for layer in dense:
+        for scope in scopes.get(layer.name, [layer.scope]):
+            engine.add_static_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName.FULLY_CONNECTED,
+                                     activation_num_bits=8, weight_num_bits=8)
+
+
+def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], int4_block: int | None = None,
+             static: dict | None = None) -> bytes:
     """`prepared` (see prepare()) with each layer at its planned precision (missing or float32: left
     float). One AEQ recipe entry per quantized layer, anchored on its exact scope. `int4_block`: int4 dense
     layers in blocks of that many input channels with min/max scales instead of per channel with OCTAV's
-    (benchmarks.quantizers measures it; the product does not ship it)."""
+    (benchmarks.quantizers measures it; the product does not ship it). `static`: calibrate()'s ranges; int8
+    dense layers then take int8 activations (full int8's search), every other op staying float32."""
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -421,6 +460,10 @@ def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], i
         return prepared
     engine = quantizer.Quantizer(bytearray(prepared))
     scopes = _scopes(prepared)
+    if static is not None:
+        dense = [layer for layer in todo if layer.op == "FULLY_CONNECTED" and plan[layer.name] is Precision.INT8]
+        _add_static_configs(engine, prepared, dense)
+        todo = [layer for layer in todo if layer not in dense]
     for layer in todo:
         int4 = plan[layer.name] is Precision.INT4
         embedding = layer.op == "EMBEDDING_LOOKUP"
@@ -433,7 +476,7 @@ def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], i
                                       4 if int4 else 8, granularity=granularity, algorithm_key=algorithm)
     try:
         with native_output_silenced():  # AEQ's progress bars and absl warnings
-            result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
+            result = engine.quantize(static, enable_progress_bar=False, enable_progress_report=False)
     except Exception as error:  # AEQ raises ValueError, RuntimeError, KeyError...: all mean "could not"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"ai-edge-quantizer failed: {first}") from error

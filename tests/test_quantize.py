@@ -228,6 +228,45 @@ def test_a_mixed_precision_classifier_ends_in_its_softmax(tiny_config, tmp_path)
     assert ends_in_softmax(tmp_path / "b" / "model.tflite")
 
 
+def test_full_int8_that_misses_gets_static_int8_dense_layers_and_the_planted_one_float(tiny_config, tmp_path):
+    """The converter's all-integer export of the planted classifier misses; the search's candidates take
+    int8 activations (static, calibrated) in every dense layer but the planted one, every other op float,
+    and the bundle ends in its SOFTMAX with float probabilities."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from converters.mixed_precision import STATIC_ACTIVATIONS
+    from test_convert import ends_in_softmax
+
+    lines = []
+    manifest = _convert(_planted(tmp_path, tiny_config, num_labels=3), tmp_path / "b", log=lines.append,
+                        quantize="int8").manifest
+    quantization = manifest["quantization"]
+    assert not quantization["tensorflow_converter"]["passed"] and quantization["activations"] == STATIC_ACTIVATIONS
+    assert quantization["mixed_precision"]["raised"] == [PLANTED]
+    dense = {layer["name"]: layer for layer in quantization["layers"] if layer["op"] == "FULLY_CONNECTED"
+             and layer["weights"] >= 1024}
+    assert dense.pop(PLANTED)["activations"] == "float32"
+    assert {(layer["precision"], layer["activations"]) for layer in dense.values()} == {("int8", "int8")}
+    assert len(dense) == 12 and manifest["validation"]["passed"]
+    assert any(line.startswith("mixed precision: 1 of ") and "over all-int8" in line for line in lines)
+    model_path = tmp_path / "b" / "model.tflite"
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_path.read_bytes()))
+    graph = model.subgraphs[0]
+    assert [graph.tensors[i].type for i in graph.outputs] == [schema.TensorType.FLOAT32]
+    assert ends_in_softmax(model_path)
+
+
+def test_full_int8_search_calibrates_each_length_of_a_bucketed_model(tiny_config, tmp_path):
+    # Each signature's dense layers get the ranges calibrated at its own length, and validation holds at both.
+    manifest = _convert(_planted(tmp_path, tiny_config, num_labels=3), tmp_path / "b", quantize="int8",
+                        buckets=(16,)).manifest
+    assert manifest["quantization"]["mixed_precision"]["raised"] == [PLANTED]
+    assert set(manifest["validation"]["lengths"]) == {"16", "32"}
+    assert all(report["probabilities"]["max_probability_diff"] <= 0.2
+               for report in manifest["validation"]["lengths"].values())
+
+
 def test_mixed_precision_off_keeps_the_strict_refusal(planted, tmp_path):
     with pytest.raises(ValidationError) as error:
         _convert(planted, tmp_path / "b", mixed_precision=False)

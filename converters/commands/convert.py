@@ -56,8 +56,9 @@ def random_checkpoint(variant, out_dir, seed, vocab_file, num_labels, force):
                    "(int4 weights per channel, int8 activations at run time; by ai-edge-quantizer).")
 @click.option("--mixed-precision", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="When an export misses its mode's validation thresholds, raise the precision of the fewest, most "
-                   "sensitive layers (int4 -> int8 -> float32) until it passes (dynamic-int8, dynamic-int4). off: "
-                   "refuse such an export.")
+                   "sensitive layers (int4 -> int8 -> float32) until it passes (dynamic-int8, dynamic-int4; for "
+                   "int8, the dense layers keep int8 activations and every other op runs float32). off: refuse "
+                   "such an export.")
 @click.option("--mixed-precision-budget", type=float, default=None, metavar="SHARE",
               help="Largest share of the layers' weights (at float32 size) the search may keep in float32 "
                    "(default 0.25); if no mix within it passes, nothing is written.")
