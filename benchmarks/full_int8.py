@@ -2,15 +2,17 @@
 classifier against its float model on a labelled task file: the TensorFlow converter's calibrated int8, plain
 and with outlier equalization (smoothing and value rotation; then GPTQ on top), its int16-activation mode,
 and ai-edge-quantizer's static int8 with int8 activations, with int16 activations (a16w8) everywhere, and with
-only the dense layers integer.
+only the dense layers integer; then each kind of op alone at int8, every other op float (which ops can take
+int8 activations at all); and last what `edgebert convert --quantize int8` makes by default (its
+mixed-precision search: static int8 dense layers among float ops, the most sensitive raised to float).
 
     python -m benchmarks.full_int8 CLASSIFIER --task ../shared/data/glue/SST-2/dev.tsv [--limit 300] [--out FILE]
 
 Prints, per export, the largest change of a class probability (validation's full-int8 threshold is 0.2), the
 accuracy, the model bytes and the mean time per call (1 thread; a16w8 runs LiteRT's reference kernels); the
 float model's accuracy first. ai-edge-quantizer keeps the model's output int8: edgebert's interpreter
-dequantizes it with the output's own scale before the softmax. A trial, not the product: `edgebert convert --quantize int8` is the
-converter's plain export."""
+dequantizes it with the output's own scale before the softmax. All but the last row are trials, not the
+product."""
 from __future__ import annotations
 
 import argparse
@@ -31,9 +33,11 @@ def probabilities(path: Path, feeds: list[dict]) -> tuple[np.ndarray, float]:
 
     model = TFLiteModel(path, num_threads=1)
     started = time.perf_counter()
-    logits = [model(**feed)["logits"][0] for feed in feeds]
+    outputs = [model(**feed) for feed in feeds]
     seconds = (time.perf_counter() - started) / len(feeds)
-    return np.stack([softmax(row) for row in logits]), seconds
+    if "probabilities" in outputs[0]:  # a bundle's model.tflite ends in its SOFTMAX
+        return np.stack([output["probabilities"][0] for output in outputs]), seconds
+    return np.stack([softmax(output["logits"][0]) for output in outputs]), seconds
 
 
 def aeq_static(float_bytes: bytes, calibration: list[dict], int16_ops=(), integer_ops=None) -> bytes:
@@ -50,6 +54,23 @@ def aeq_static(float_bytes: bytes, calibration: list[dict], int16_ops=(), intege
     engine = quantizer.Quantizer(bytearray(float_bytes), manager.get_quantization_recipe())
     calibrated = engine.calibrate({"serving_default": calibration})
     return bytes(engine.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+# The op kinds of a BERT graph ai-edge-quantizer can make integer (RESHAPE, TRANSPOSE and the like only
+# move values); LayerNorm is MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, MUL and SUB.
+OP_KINDS = ("FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "GELU", "ADD", "MUL", "SUB", "MEAN",
+            "SQUARED_DIFFERENCE", "RSQRT")
+
+
+def product_int8(source: str, seq: int, out: Path) -> tuple[bytes, dict]:
+    """The model.tflite `edgebert convert --quantize int8 --seq-len SEQ` writes, with its defaults, and
+    what its manifest says of the mix."""
+    from converters.pipeline import ConvertOptions, convert
+
+    quantization = convert(source, out, ConvertOptions(quantize="int8", seq_len=seq)).manifest["quantization"]
+    mixed = quantization["mixed_precision"]
+    return (out / "model.tflite").read_bytes(), {"tool": quantization["tool"], "summary": mixed.get("summary"),
+                                                 "raised": mixed.get("raised", [])}
 
 
 def main() -> None:
@@ -125,10 +146,17 @@ def main() -> None:
             ("int16 activations (a16w8), ai-edge-quantizer",
              lambda: aeq_static(float_bytes, calibration, int16_ops=(TFLOperationName.ALL_SUPPORTED,))),
         ]
+        # Which ops can take int8 activations at all: each kind alone at int8, every other op float.
+        for op in OP_KINDS:
+            candidates.append((f"only {op} int8 (every other op float), ai-edge-quantizer",
+                               lambda op=op: aeq_static(float_bytes, calibration, integer_ops=(TFLOperationName[op],))))
+        candidates.append(("edgebert convert --quantize int8 (default: mixed precision)",
+                           lambda: product_int8(args.source, seq, Path(scratch, "bundle"))))
         for name, make in candidates:
             try:
                 with native_output_silenced():  # the converters' logs; the rows below are printed
                     exported = make()
+                exported, notes = exported if isinstance(exported, tuple) else (exported, {})
             except Exception as error:  # a trial: a mode the converter refuses is a result too
                 row = {"export": name, "refused": str(error).strip().splitlines()[0][:200]}
                 print(f"{name}: refused: {row['refused']}", flush=True)
@@ -138,7 +166,7 @@ def main() -> None:
             path.write_bytes(exported)
             got, seconds = probabilities(path, feeds)
             row = {"export": name, "bytes": len(exported), "max_probability_change": float(np.abs(got - reference).max()),
-                   "accuracy": float((got.argmax(1) == labels).mean()), "ms_per_call": seconds * 1e3}
+                   "accuracy": float((got.argmax(1) == labels).mean()), "ms_per_call": seconds * 1e3, **notes}
             rows.append(row)
             print(f"{name}: largest probability change {row['max_probability_change']:.4f}, accuracy "
                   f"{row['accuracy']:.4f}, {len(exported):,} bytes, {row['ms_per_call']:.1f} ms/call", flush=True)

@@ -45,3 +45,15 @@ def test_the_weight_cache_refuses_an_integer_output_in_one_line(integer_output_c
 
     with pytest.raises(BundleError, match="'logits' is int8: the weight cache runs models with float outputs"):
         TFLiteModel(integer_output_classifier[0], weight_cache=tmp_path / "cache.bin")
+
+
+def test_the_product_row_reads_the_bundles_probabilities(tiny_classifier_checkpoint, integer_output_classifier,
+                                                          tmp_path):
+    # The last row is what `edgebert convert --quantize int8` writes: a model.tflite that ends in its SOFTMAX.
+    from benchmarks.full_int8 import product_int8
+
+    model, notes = product_int8(str(tiny_classifier_checkpoint), 16, tmp_path / "bundle")
+    assert model == (tmp_path / "bundle" / "model.tflite").read_bytes() and notes["tool"].startswith("tensorflow")
+    _, feeds, reference = integer_output_classifier
+    got, _ = probabilities(tmp_path / "bundle" / "model.tflite", feeds)
+    assert np.allclose(got.sum(1), 1, atol=1e-5) and np.abs(got - reference).max() < 0.2
