@@ -144,3 +144,22 @@ def test_compression_benchmark_source_errors(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: ")
     assert main(["--data", str(data), "--custom", "2,32,4,64", "--models", "pruned", "--out", out]) == 1
     assert capsys.readouterr().err.strip().startswith("error: unknown model 'pruned' (choose from unstructured-50,")
+
+
+def test_models_empty_benchmarks_base_alone(monkeypatch, tmp_path):
+    # `--models ""` is base's modes and nothing made from it (a first run took it for the default: all).
+    import benchmarks.compression.run
+    from benchmarks.compression.__main__ import main
+
+    data = tmp_path / "task"
+    data.mkdir()
+    _write_task(data / "train.tsv", 8, 0)
+    _write_task(data / "dev.tsv", 8, 1)
+    seen = []
+    monkeypatch.setattr(benchmarks.compression.run, "run", lambda settings, *args, **kwargs: seen.append(settings))
+    monkeypatch.setattr("benchmarks.compression.report.format_markdown", lambda results: "")
+    for models, derived in (("", []), ("structured-50", ["structured-50"])):
+        assert main(["--data", str(data), "--custom", "2,32,4,64", "--models", models, "--out", str(tmp_path / "o")]) == 0
+        assert seen.pop().derived == derived
+    main(["--data", str(data), "--custom", "2,32,4,64", "--out", str(tmp_path / "o")])
+    assert len(seen.pop().derived) == 6

