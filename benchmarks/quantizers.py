@@ -15,6 +15,9 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
     default dynamic-int8        what `edgebert convert` ships (outlier equalization, then mixed precision,
                                 when all-int8 misses)
     default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
+    default int8                what `edgebert convert --quantize int8` ships (the converter's full integer,
+                                or where that misses, static int8 dense layers among float ops); left out,
+                                with the refusal logged, when validation refuses it
     default dynamic-int8 validated on FILE
                                 with --validation: what `edgebert convert --validation FILE` ships (its
                                 mixed-precision search holds the thresholds on FILE's texts), if anything
@@ -51,7 +54,7 @@ def _texts(path: Path | None, limit: int | None) -> list[str]:
 
 ROWS = ("float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
         "dynamic-int4 aeq", "dynamic-int4 aeq b32", "dynamic-int4 aeq b128", "default dynamic-int8",
-        "default dynamic-int4")
+        "default dynamic-int4", "default int8")
 VALIDATED = "default dynamic-int8 validated"  # the row --validation FILE adds
 
 
@@ -103,20 +106,25 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
     write("dynamic-int4 aeq b32", lambda: _aeq_int4_blocks(float_bytes, 32))
     write("dynamic-int4 aeq b128", lambda: _aeq_int4_blocks(float_bytes, 128))
     write("int8 aeq", lambda: aeq_static(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
-    for mode in ("dynamic-int8", "dynamic-int4"):
+    from edgebert.errors import ValidationError
+
+    for mode in ("dynamic-int8", "dynamic-int4", "int8"):
         name = f"default {mode}"
         if name in rows and not rows[name].is_file():
             log(f"converting {name} (the product's default, mixed precision on)")
             started = time.perf_counter()
-            result = convert(source_path, out / f"{mode}.bundle", ConvertOptions(quantize=mode, seq_len=seq_len,
-                                                                                  force=True), log=log)
+            try:
+                result = convert(source_path, out / f"{mode}.bundle", ConvertOptions(quantize=mode, seq_len=seq_len,
+                                                                                      force=True), log=log)
+            except ValidationError as error:  # a refusal is a result: the row is left out, the log says why
+                log(f"{name}: refused ({error})")
+                del rows[name]
+                continue
             rows[name].write_bytes((result.bundle_dir / "model.tflite").read_bytes())
             mixed = result.manifest["quantization"]["mixed_precision"]
             (out / f"{mode}.search.json").write_text(json.dumps(
                 {**mixed, "seconds": time.perf_counter() - started}, indent=2) + "\n")
     if validation is not None and not rows[VALIDATED].is_file():
-        from edgebert.errors import ValidationError
-
         log(f"converting {VALIDATED} on {validation}")
         try:
             result = convert(source_path, out / f"validated-on-{validation.stem}.bundle", ConvertOptions(
