@@ -25,8 +25,8 @@ Precisions (weights; activations stay float32 in the graph):
 Full int8's search (mixed_precision.finish_export) quantizes its int8 dense layers statically instead:
 int8 activations too, their per-tensor ranges calibrated once (calibrate()), and every op but the dense
 layers float32. On the fine-tuned all-MiniLM-L6-v2 that is as far as int8 activations go: its LayerNorms
-(MEAN, SQUARED_DIFFERENCE) and residual ADDs, each alone at int8, move a probability by 0.93-0.99
-(README: "Full int8 on real weights").
+(MEAN, SQUARED_DIFFERENCE) and residual ADDs, each alone at int8, move a probability by 0.95-0.99
+(`python -m benchmarks.full_int8`; README, under the MiniLM table).
 Layers with fewer than 1024 weights stay float32, as the TensorFlow converter leaves them: quantizing
 them saves nothing and costs accuracy.
 """
@@ -424,7 +424,7 @@ def calibrate(prepared: bytes, layers: list[Layer], calibration) -> dict:
         signature, inputs = item if isinstance(item, tuple) else ("serving_default", item)
         feeds.setdefault(signature, []).append(inputs)
     engine = quantizer.Quantizer(bytearray(prepared))
-    _add_static_configs(engine, prepared, [layer for layer in layers if layer.op == "FULLY_CONNECTED"])
+    _add_static_configs(engine, _scopes(prepared), [layer for layer in layers if layer.op == "FULLY_CONNECTED"])
     try:
         with native_output_silenced():
             return engine.calibrate(feeds)
@@ -433,12 +433,11 @@ def calibrate(prepared: bytes, layers: list[Layer], calibration) -> dict:
         raise ConversionError(f"ai-edge-quantizer's calibration failed: {first}") from error
 
 
-def _add_static_configs(engine, prepared: bytes, dense: list[Layer]) -> None:
+def _add_static_configs(engine, scopes: dict[str, list[str]], dense: list[Layer]) -> None:
     """int8 weights per output channel and int8 activations with calibrated per-tensor ranges, for
-    each of these dense layers; nothing else changes."""
+    each of these dense layers (in every subgraph: `scopes`, from _scopes); nothing else changes."""
     from ai_edge_quantizer import qtyping
 
-    scopes = _scopes(prepared)
     for layer in dense:
         for scope in scopes.get(layer.name, [layer.scope]):
             engine.add_static_config("^" + re.escape(scope) + "$", qtyping.TFLOperationName.FULLY_CONNECTED,
@@ -462,7 +461,7 @@ def quantize(prepared: bytes, layers: list[Layer], plan: dict[str, Precision], i
     scopes = _scopes(prepared)
     if static is not None:
         dense = [layer for layer in todo if layer.op == "FULLY_CONNECTED" and plan[layer.name] is Precision.INT8]
-        _add_static_configs(engine, prepared, dense)
+        _add_static_configs(engine, scopes, dense)
         todo = [layer for layer in todo if layer not in dense]
     for layer in todo:
         int4 = plan[layer.name] is Precision.INT4
