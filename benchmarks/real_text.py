@@ -2,6 +2,7 @@
 
     python -m benchmarks.real_text --out DIR [--variants tiny,mini,small,medium]
                                    [--texts ../shared/data/glue/SST-2/dev.tsv] [--threads 1] [--rounds 2]
+                                   [--buckets 16,32,64,128]
 
 For each variant it writes a random-weight classifier checkpoint in Google's layout (2 labels; the
 real uncased vocabulary when ../shared/data has it, so that texts get their real lengths) and converts
@@ -12,6 +13,7 @@ it, dynamic int8, four ways:
     dynamic      --seq-len dynamic                  each text at its own length (XNNPACK plans again
                                                     whenever the shape changes)
     buckets      --seq-len 16,32,64,128             each text at the shortest bucket that holds it
+                                                    (--buckets: other lengths, the longest 128)
 
 Each bundle is measured by `edgebert bench --per-text` in a fresh process on every text of --texts
 (3 passes; a text's latency is the median of its passes), bundles interleaved over --rounds rounds;
@@ -32,8 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_TEXTS = SHARED / "glue" / "SST-2" / "dev.tsv"
 REAL_VOCAB = SHARED / "vocab" / "bert_uncased_vocab.txt"
+DEFAULT_BUCKETS = "16,32,64,128"
 EXPORTS = {"128 full": ("128", "full"), "128": ("128", "auto"), "dynamic": ("dynamic", "auto"),
-           "buckets": ("16,32,64,128", "auto")}
+           "buckets": (DEFAULT_BUCKETS, "auto")}
 
 
 def sentences(path: Path) -> list[str]:
@@ -44,8 +47,8 @@ def sentences(path: Path) -> list[str]:
     return lines
 
 
-def build_bundles(variant_name: str, out: Path, log) -> dict[str, Path]:
-    """The variant's four bundles under out (reused when present)."""
+def build_bundles(variant_name: str, out: Path, log, buckets: str = DEFAULT_BUCKETS) -> dict[str, Path]:
+    """The variant's four bundles under out (reused when present); `buckets`: the bucket lengths."""
     from converters.config import BertConfig
     from converters.google_checkpoint import write_random_checkpoint
     from converters.pipeline import ConvertOptions, LastLayer, convert, parse_seq_lens
@@ -59,8 +62,9 @@ def build_bundles(variant_name: str, out: Path, log) -> dict[str, Path]:
         config = BertConfig.from_variant(variant, vocab_size=len(vocab))
         write_random_checkpoint(config, checkpoint, vocab, seed=0, num_labels=2)
     bundles = {}
-    for name, (lengths, last_layer) in EXPORTS.items():
-        target = out / f"{variant.nickname}.{name.replace(' ', '-')}"
+    for name, (lengths, last_layer) in {**EXPORTS, "buckets": (buckets, "auto")}.items():
+        suffix = f"-{lengths.replace(',', '-')}" if name == "buckets" and lengths != DEFAULT_BUCKETS else ""
+        target = out / f"{variant.nickname}.{name.replace(' ', '-')}{suffix}"
         if not (target / "manifest.json").is_file():
             log(f"converting {variant.nickname} ({name})")
             seq_len, buckets = parse_seq_lens(lengths)
@@ -145,7 +149,12 @@ def main(argv=None) -> int:
     parser.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--buckets", default=DEFAULT_BUCKETS,
+                        help=f"the bucketed bundle's lengths, comma-separated, the longest 128 (default {DEFAULT_BUCKETS})")
     args = parser.parse_args(argv)
+    if args.buckets.split(",")[-1] != "128":
+        raise SystemExit(f"error: --buckets {args.buckets}: the longest length must be 128, as the bundles it is "
+                         "compared with")
     if not args.texts.is_file():
         raise SystemExit(f"error: {args.texts}: no such file (give --texts, one sentence per line or a GLUE TSV)")
 
@@ -157,7 +166,7 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     texts = sentences(args.texts)
-    bundles = {name: build_bundles(name, args.out, log) for name in args.variants.split(",")}
+    bundles = {name: build_bundles(name, args.out, log, args.buckets) for name in args.variants.split(",")}
     with tempfile.TemporaryDirectory(prefix="edgebert-real-text-") as scratch:
         text_file = Path(scratch) / "texts.txt"
         text_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
