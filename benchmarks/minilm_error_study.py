@@ -98,14 +98,14 @@ def sentence_embedding(w, ids, heads, dense, embeddings=None, capture=None):
     return pooled / np.linalg.norm(pooled)
 
 
-def channel_scales(kernel):
-    """Per output channel symmetric int8 scales of a Keras kernel [in, out]."""
-    return np.maximum(np.abs(kernel).max(0), 1e-12) / 127.0
+def channel_scales(kernel, levels=127):
+    """Per output channel symmetric scales of a Keras kernel [in, out]: int8 (levels 127) or int4 (7)."""
+    return np.maximum(np.abs(kernel).max(0), 1e-12) / float(levels)
 
 
-def round_to_nearest(kernel):
-    scale = channel_scales(kernel)
-    return np.clip(np.round(kernel / scale), -127, 127) * scale
+def round_to_nearest(kernel, levels=127):
+    scale = channel_scales(kernel, levels)
+    return np.clip(np.round(kernel / scale), -levels, levels) * scale
 
 
 def dynamic_int8(x):
@@ -117,12 +117,13 @@ def dynamic_int8(x):
     return (np.clip(np.round(x / scale) + zero, -128, 127) - zero) * scale
 
 
-def gptq(kernel, hessian, damp=0.01):
-    """GPTQ on a Keras kernel [in, out] with the per-channel scales of round-to-nearest; columns in order
+def gptq(kernel, hessian, damp=0.01, levels=127):
+    """GPTQ on a Keras kernel [in, out] with the per-channel scales of round-to-nearest (int8, or int4 with
+    levels 7); columns in order
     of decreasing Hessian diagonal; each output channel's largest weight held exact so the scales a
     quantizer recomputes from the result are these."""
     w = kernel.T.astype(np.float64).copy()  # [out, in]
-    scale = channel_scales(kernel).astype(np.float64)
+    scale = channel_scales(kernel, levels).astype(np.float64)
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) == 0
     h[dead, dead] = 1
@@ -136,7 +137,7 @@ def gptq(kernel, hessian, damp=0.01):
     upper = np.linalg.cholesky(np.linalg.inv(h)).T
     out = np.zeros_like(w)
     for i in range(w.shape[1]):
-        out[:, i] = np.clip(np.round(w[:, i] / scale), -127, 127) * scale
+        out[:, i] = np.clip(np.round(w[:, i] / scale), -levels, levels) * scale
         error = (w[:, i] - out[:, i]) / upper[i, i]
         w[:, i + 1:] -= np.outer(error, upper[i, i + 1:])
         w[rows, largest] = kept
@@ -234,8 +235,8 @@ def configs(study):
         weights = {n: round_to_nearest(s.kernel(n)) for n in s.names}
         return lambda n, x: dynamic_int8(x) @ weights[n] + bias(n), None
 
-    def only_weights():
-        weights = {n: round_to_nearest(s.kernel(n)) for n in s.names}
+    def only_weights(levels=127):
+        weights = {n: round_to_nearest(s.kernel(n), levels) for n in s.names}
         return lambda n, x: x @ weights[n] + bias(n), None
 
     def only_activations(kind=None):
@@ -246,8 +247,8 @@ def configs(study):
         scale = np.abs(table()).max() / 127
         return s.float_dense, np.round(table() / scale) * scale
 
-    def per_row_embeddings():
-        return s.float_dense, round_to_nearest(table().T).T
+    def per_row_embeddings(levels=127):
+        return s.float_dense, round_to_nearest(table().T, levels).T
 
     def with_gptq(activations):
         weights = {n: gptq(s.kernel(n), h) for n, h in s.hessians({n: (lambda x: x) for n in s.names}).items()}
@@ -276,8 +277,9 @@ def configs(study):
             weights = {n: round_to_nearest(kernels[n]) for n in s.names}
         return lambda n, x: dynamic_int8(transform[n](x)) @ weights[n] + bias(n), None
 
-    def plan(steps):
+    def plan(steps, levels=127, layers=None, elsewhere=None):
         """Per kind of dense input: ("sq", alpha) smooths it, ("had", block) rotates it, absent leaves it;
+        with `layers` (indices), `steps` apply there and `elsewhere` in the other layers.
         GPTQ on every kernel, inputs int8. Rotating the attention output's input in head-sized blocks folds
         into the value layer (free at run time); smoothing costs an elementwise multiply (post-LayerNorm
         BERT adds the same tensor to its residual, so it cannot fold into the LayerNorm); any other
@@ -285,7 +287,8 @@ def configs(study):
         transform, kernels, smoothing, outliers = {}, {}, {}, {}
         for n in s.names:
             kind = next((k for k, ends in KINDS.items() if any(n.endswith(e) for e in ends)), None)
-            step = steps.get(kind)
+            index = int(n.split("/layer_")[1].split("/")[0])
+            step = (steps if layers is None or index in layers else elsewhere).get(kind)
             if step and step[0] == "split":
                 channels = s.outlier_channels(n, step[1])
                 mask = np.ones(s.kernel(n).shape[0], np.float32)
@@ -303,7 +306,7 @@ def configs(study):
             else:
                 transform[n], kernels[n] = (lambda x: x), s.kernel(n)
         hessians = s.hessians(transform)
-        weights = {n: gptq(kernels[n], hessians[n]) for n in s.names}
+        weights = {n: gptq(kernels[n], hessians[n], levels=levels) for n in s.names}
         none = lambda x: 0.0  # noqa: E731
         return lambda n, x: dynamic_int8(transform[n](x)) @ weights[n] + bias(n) + outliers.get(n, none)(x), None
 
@@ -318,6 +321,13 @@ def configs(study):
         "output's and intermediate's 16 largest input channels float; had32 on attention output + W gptq + A":
             lambda: plan({**equalized, "intermediate": ("split", 16), "output": ("split", 16)}),
         "16 largest input channels float everywhere + W gptq + A": lambda: plan({k: ("split", 16) for k in KINDS}),
+        **{f"had{a} on LayerNorm outputs; had32 on attention output; had{b} on output + W gptq + A":
+           (lambda a=a, b=b: plan({"qkv": ("had", a), "intermediate": ("had", a),
+                                   "attention_output": ("had", 32), "output": ("had", b)}))
+           for a, b in ((128, 512), (128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64))},
+        **{f"equalized; had64 on LayerNorm outputs and had32 on output in layer {i} only + W gptq + A":
+           (lambda i=i: plan({**equalized, "qkv": ("had", 64), "intermediate": ("had", 64), "output": ("had", 32)},
+                             layers={i}, elsewhere=equalized)) for i in range(6)},
         "sq on LayerNorm outputs and output; had32 on attention output + W gptq + A":
             lambda: plan({**equalized, "output": ("sq", 0.5)}),
         "sq 0.7 on LayerNorm outputs; had32 on attention output + W gptq + A":
@@ -326,6 +336,12 @@ def configs(study):
         "had32 on attention output + had16 on output + W gptq + A":
             lambda: plan({"attention_output": ("had", 32), "output": ("had", 16)}),
         "W rtn": only_weights,
+        "W4 rtn (int4 weights per channel; activations float)": lambda: only_weights(7),
+        "embeddings int4 per row": lambda: per_row_embeddings(7),
+        "W4 gptq + A": lambda: plan({}, levels=7),
+        "had128 on LayerNorm outputs; had32 on attention output; had128 on output + W4 gptq + A":
+            lambda: plan({"qkv": ("had", 128), "intermediate": ("had", 128), "attention_output": ("had", 32),
+                          "output": ("had", 128)}, levels=7),
         "A": only_activations,
         **{f"A on {kind} only": (lambda kind=kind: only_activations(kind)) for kind in KINDS},
         "W rtn + A (all-int8 today)": rtn,

@@ -30,3 +30,13 @@ def test_dynamic_int8_is_within_half_a_step_per_row():
     x[0, 5] = 40.0
     step = (np.maximum(x.max(1), 0) - np.minimum(x.min(1), 0)) / 255
     assert (np.abs(dynamic_int8(x) - x).max(1) <= step * 0.5 + 1e-6).all()
+
+
+def test_gptq_with_int4_levels_stays_on_the_int4_grid():
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(32, 8)).astype(np.float32)
+    inputs = rng.normal(size=(256, 32))
+    result = gptq(kernel, inputs.T @ inputs, levels=7)
+    steps = result / (np.abs(kernel).max(0) / 7)  # int4's symmetric per-channel step
+    assert np.allclose(steps, np.round(steps), atol=1e-4) and np.abs(steps).max() <= 7 + 1e-4
+    assert len(np.unique(np.round(steps))) > 8  # used the int4 range, not collapsed onto a few levels
