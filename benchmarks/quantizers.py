@@ -15,6 +15,8 @@ For SOURCE (any checkpoint `edgebert convert` takes) it writes, into DIR, one `.
     default dynamic-int8        what `edgebert convert` ships (outlier equalization, then mixed precision,
                                 when all-int8 misses)
     default dynamic-int4        what `edgebert convert --quantize dynamic-int4` ships
+    dynamic-int8 rotate         what `edgebert convert --equalize rotate` ships (run-time rotations of the
+                                dense layers' inputs instead of the smoothing: closer to float, slower)
     default int8                what `edgebert convert --quantize int8` ships (the converter's full integer,
                                 or where that misses, static int8 dense layers among float ops); left out,
                                 with the refusal logged, when validation refuses it
@@ -54,7 +56,7 @@ def _texts(path: Path | None, limit: int | None) -> list[str]:
 
 ROWS = ("float32", "float16 tf", "float16 aeq", "dynamic-int8 tf", "dynamic-int8 aeq", "int8 tf", "int8 aeq",
         "dynamic-int4 aeq", "dynamic-int4 aeq b32", "dynamic-int4 aeq b128", "default dynamic-int8",
-        "default dynamic-int4", "default int8")
+        "default dynamic-int4", "default int8", "dynamic-int8 rotate")
 VALIDATED = "default dynamic-int8 validated"  # the row --validation FILE adds
 
 
@@ -108,21 +110,23 @@ def _export_rows(source_path: str, out: Path, seq_len: int, log, wanted: tuple[s
     write("int8 aeq", lambda: aeq_static(export_tflite(int8_model, seq_len, QuantizeMode.FLOAT32), calibration))
     from edgebert.errors import ValidationError
 
-    for mode in ("dynamic-int8", "dynamic-int4", "int8"):
-        name = f"default {mode}"
+    products = {"default dynamic-int8": ("dynamic-int8", False), "default dynamic-int4": ("dynamic-int4", False),
+                "default int8": ("int8", False), "dynamic-int8 rotate": ("dynamic-int8", True)}
+    for name, (mode, rotate) in products.items():
         if name in rows and not rows[name].is_file():
-            log(f"converting {name} (the product's default, mixed precision on)")
+            log(f"converting {name} (what edgebert convert ships, mixed precision on)")
             started = time.perf_counter()
+            stem = f"{mode}-rotate" if rotate else mode
             try:
-                result = convert(source_path, out / f"{mode}.bundle", ConvertOptions(quantize=mode, seq_len=seq_len,
-                                                                                      force=True), log=log)
+                result = convert(source_path, out / f"{stem}.bundle", ConvertOptions(
+                    quantize=mode, seq_len=seq_len, force=True, rotate=rotate), log=log)
             except ValidationError as error:  # a refusal is a result: the row is left out, the log says why
                 log(f"{name}: refused ({error})")
                 del rows[name]
                 continue
             rows[name].write_bytes((result.bundle_dir / "model.tflite").read_bytes())
             mixed = result.manifest["quantization"]["mixed_precision"]
-            (out / f"{mode}.search.json").write_text(json.dumps(
+            (out / f"{stem}.search.json").write_text(json.dumps(
                 {**mixed, "seconds": time.perf_counter() - started}, indent=2) + "\n")
     if validation is not None and not rows[VALIDATED].is_file():
         log(f"converting {VALIDATED} on {validation}")
@@ -331,7 +335,7 @@ def main(argv=None) -> None:
             cells += f" | {row['pairs_spearman']:.5f}"
         print(f"| {name} | {row['bytes']:,} | {row['p50_ms']:.2f} | {cells} |")
     for name, row in results["rows"].items():
-        if name.startswith("default"):
+        if name.startswith("default") or name.endswith("rotate"):
             for output in outputs:
                 moved = ", ".join(f"{texts[w['index']][:40]!r} ({w['tokens']} tokens) {w['cosine']:.5f}"
                                   for w in row["fidelity"][output]["worst"])

@@ -49,13 +49,15 @@ def rotation_graph(layers: int, seq: int, hidden: int, inner: int, blocks: tuple
     block, inner-wide block); blocks None: the ADDs alone."""
     import tensorflow as tf
 
-    def rotate(x, width):
+    def rotate(x, width, ones):
         if blocks is None:
             return x
         block = blocks[0] if width == hidden else blocks[1]
         rows = seq * width // block
         if form == "fc":
             return tf.reshape(tf.reshape(x, [rows, block]) @ _hadamard(block), [1, seq, width])
+        if form == "bmm":  # the matrix tied to a run-time 1, as the export must (else quantizers take it for weights)
+            return tf.reshape(tf.reshape(x, [rows, block]) @ (_hadamard(block) * ones), [1, seq, width])
         small = 2 ** (int(np.log2(block)) // 2)  # block = small x large, e.g. 128 = 8 x 16
         large = block // small
         y = tf.reshape(tf.reshape(x, [rows * small, large]) @ _hadamard(large), [rows, small, large])
@@ -66,10 +68,11 @@ def rotation_graph(layers: int, seq: int, hidden: int, inner: int, blocks: tuple
                                   tf.TensorSpec([1, seq, inner], tf.float32)])
     def graph(x0, g0):
         x, g = x0, g0
+        ones = tf.cast(tf.reduce_min(tf.abs(x0)) >= 0, tf.float32)
         for _ in range(layers):
-            x = rotate(x, hidden) + x0  # the attention's input (a LayerNorm output)
-            x = rotate(x, hidden) + x0  # the intermediate layer's input (the next LayerNorm output)
-            g = rotate(g, inner) + g0  # the feed-forward output's input (GELU's output)
+            x = rotate(x, hidden, ones) + x0  # the attention's input (a LayerNorm output)
+            x = rotate(x, hidden, ones) + x0  # the intermediate layer's input (the next LayerNorm output)
+            g = rotate(g, inner, ones) + g0  # the feed-forward output's input (GELU's output)
         return {"hidden": x, "inner": g}
 
     module = tf.Module()
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     config = manifest["model"]
     layers, hidden, inner = config["num_layers"], config["hidden_size"], config["intermediate_size"]
     seq = manifest["recipe"]["seq_len"]
-    plans = [("adds alone", None, "fc")] + [(f"{form} {a}:{b}", (a, b), form) for a, b in blocks for form in ("fc", "kron")]
+    plans = [("adds alone", None, "fc")] + [(f"{form} {a}:{b}", (a, b), form) for a, b in blocks for form in ("fc", "bmm", "kron")]
     timed: dict[str, Timed] = {"bundle": Timed(args.bundle / "model.tflite", feed)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, block, form in plans:

@@ -232,9 +232,11 @@ def converter_makes_it(mode, compat, overrides) -> bool:
 
 def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, compat, overrides: tuple, mixed: bool,
                   budget: float, check, scratch: Path, log: Callable[[str], None],
-                  refine: Callable[[bytes], bytes] | None = None, calibration=None) -> QuantizedExport:
+                  refine: Callable[[bytes], bytes] | None = None, calibration=None,
+                  by_converter: bool | None = None) -> QuantizedExport:
     """Validate the export and, where it misses and the mode allows it, search a mix of precisions.
-    `converted` is the TensorFlow converter's export in `mode` (when converter_makes_it) or in float32;
+    `converted` is the TensorFlow converter's export in `mode` (when `by_converter`, by default
+    converter_makes_it) or in float32;
     `export_float()` gives the float32 export when a search needs it. `refine` rewrites each candidate
     ai-edge-quantizer makes (outlier equalization's GPTQ). `calibration`: full int8's calibration inputs
     (pipeline._calibration); with them a full-int8 export that misses is searched too, its candidates'
@@ -249,7 +251,7 @@ def finish_export(converted: bytes, export_float: Callable[[], bytes], mode, com
     if static:
         precision = Precision.INT8
     first_bytes, fallback = None, {}
-    if converter_makes_it(mode, compat, overrides):
+    if converter_makes_it(mode, compat, overrides) if by_converter is None else by_converter:
         path = scratch / "converted.tflite"
         path.write_bytes(converted)
         report = check.measure(TFLiteModel(path))

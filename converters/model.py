@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from converters.config import Activation, BertConfig
+from converters.outliers import hadamard, rotation_block
 from converters.sentence_embedding import PoolingMode, SentencePooling
 from converters.tf_import import tf, tf_keras
 
@@ -145,6 +146,28 @@ class ChannelScale(tf_keras.layers.Layer):
 
 
 @tf_keras.utils.register_keras_serializable("edgebert")
+class BlockRotation(tf_keras.layers.Layer):
+    """x times a block-diagonal Hadamard matrix, at run time: outlier equalization's rotation of a dense
+    layer's input (`--equalize rotate`), whose inverse is folded into that layer's weights. Each block of
+    `block` channels is mixed within itself, so an outlier channel is spread over the block and a dynamic
+    int8 row scale no longer has to stretch over it. The matrix is tied to RuntimeOnes: as a constant, the
+    quantizers would take it for the weights of a dense layer and quantize it (undoing the point)."""
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block = block
+
+    def call(self, x, ones):  # (B, S, W), (B, 1, 1)
+        block = rotation_block(x.shape[-1], self.block)
+        rows = tf.reshape(x, [-1, block])  # (B * S * W / b, b): every block has the same matrix
+        rotated = tf.matmul(rows, hadamard(block).astype(np.float32) * tf.reduce_min(ones))
+        return tf.reshape(rotated, tf.shape(x))  # (B, S, W)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+@tf_keras.utils.register_keras_serializable("edgebert")
 class FirstToken(tf_keras.layers.Layer):
     """The [CLS] position, which the pooler reads."""
 
@@ -217,7 +240,7 @@ def _dropout(rate: float, name: str):
 
 
 def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float = 0.0, cls_only: bool = False,
-                  ones=None):
+                  ones=None, rotation: tuple[int, int] | None = None):
     """One transformer layer (post-LayerNorm, as in BERT). After structured pruning a layer may have
     fewer heads (N_l, width W_l = N_l * D) and neurons (I_l) than the config's uniform shape.
 
@@ -227,13 +250,20 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
 
     With `ones` (RuntimeOnes' output) a ChannelScale goes in front of the query/key/value and the
     intermediate layer, for outlier equalization; the residual connections still add the unscaled
-    LayerNorm outputs."""
+    LayerNorm outputs. With `rotation` (blocks for the LayerNorm outputs, blocks for the feed-forward
+    output's input) a BlockRotation goes in front of those and of the feed-forward output layer instead."""
     p = f"layer_{index}"
     dense = tf_keras.layers.Dense
     width = config.attention_width(index)
     rows = FirstRow(name=f"{p}_first_row")(x) if cls_only else x  # (B, R, H)
     smoothing = ones is not None
-    attention_in = ChannelScale(name=f"{p}_attention_input_scale")(x, ones) if smoothing else x  # (B, S, H)
+
+    def equalized(t, kind: str, block: int):  # a dense layer's input, scaled or rotated
+        if rotation:
+            return BlockRotation(block, name=f"{p}_{kind}_input_rotation")(t, ones)
+        return ChannelScale(name=f"{p}_{kind}_input_scale")(t, ones) if smoothing else t
+
+    attention_in = equalized(x, "attention", rotation and rotation[0])  # (B, S, H)
     query_in = attention_in  # (B, R, H)
     if cls_only:
         query_in = FirstRow(name=f"{p}_first_row_scaled")(attention_in) if smoothing else rows
@@ -245,9 +275,11 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
     attended = dense(config.hidden_size, name=f"{p}_attention_output")(context)  # (B, R, H)
     attended = _dropout(dropout, f"{p}_attention_dropout")(attended)
     x = _layer_norm(config, f"{p}_attention_layer_norm")(rows + attended)  # (B, R, H)
-    inner_in = ChannelScale(name=f"{p}_intermediate_input_scale")(x, ones) if smoothing else x  # (B, R, H)
+    inner_in = equalized(x, "intermediate", rotation and rotation[0])  # (B, R, H)
     inner = dense(config.intermediate_in(index), activation=_activation(config.activation),
                   name=f"{p}_intermediate")(inner_in)  # (B, R, I_l)
+    if rotation:
+        inner = equalized(inner, "output", rotation[1])  # (B, R, I_l)
     out = _dropout(dropout, f"{p}_output_dropout")(dense(config.hidden_size, name=f"{p}_output")(inner))  # (B, R, H)
     return _layer_norm(config, f"{p}_output_layer_norm")(x + out)  # (B, R, H)
 
@@ -255,7 +287,8 @@ def encoder_layer(x, mask_bias, config: BertConfig, index: int, dropout: float =
 def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int = 0,
                dropout: float = 0.0, masked_score: float = MASKED_SCORE,
                pooling: SentencePooling | None = None, cls_only_last_layer: bool = False,
-               shared_position_table: bool = False, smoothing: bool = False) -> tf_keras.Model:
+               shared_position_table: bool = False, smoothing: bool = False,
+               rotation: tuple[int, int] | None = None) -> tf_keras.Model:
     """The encoder (outputs `sequence_output`, `pooled_output`), with num_labels a classifier (output
     `logits`), or with a sentence-transformers `pooling` a sentence embedder (output
     `sentence_embedding`, no BERT pooler). seq_len None builds a model for any length up to
@@ -263,7 +296,8 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
     `cls_only_last_layer` computes the last layer for the [CLS] row alone (see encoder_layer): for
     models whose outputs read nothing else, a classifier or a [CLS]-pooled embedder.
     `shared_position_table` is for exports with several lengths (see PositionEmbedding). `smoothing` adds
-    the ChannelScale layers outlier equalization sets (see encoder_layer)."""
+    the ChannelScale layers outlier equalization sets, `rotation` its BlockRotation layers instead (see
+    encoder_layer)."""
     if cls_only_last_layer and not reads_only_cls(num_labels, pooling):
         raise ValueError("a [CLS]-only last layer needs a model whose outputs read only [CLS]")
     inputs = {name: tf_keras.Input(shape=(seq_len,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
@@ -275,10 +309,11 @@ def build_bert(config: BertConfig, seq_len: int | None = None, num_labels: int =
                           name="position_embeddings")(words + types, inputs["input_ids"])  # (B, S, H)
     x = _dropout(dropout, "embeddings_dropout")(_layer_norm(config, "embeddings_layer_norm")(x))  # (B, S, H)
     mask_bias = AttentionMaskBias(masked_score, name="attention_mask_bias")(inputs["attention_mask"])  # (B, 1, 1, S)
-    ones = RuntimeOnes(name="runtime_ones")(inputs["input_ids"]) if smoothing else None  # (B, 1, 1)
+    ones = RuntimeOnes(name="runtime_ones")(inputs["input_ids"]) if smoothing or rotation else None  # (B, 1, 1)
     for index in range(config.num_layers):
         last = index == config.num_layers - 1
-        x = encoder_layer(x, mask_bias, config, index, dropout, cls_only=cls_only_last_layer and last, ones=ones)
+        x = encoder_layer(x, mask_bias, config, index, dropout, cls_only=cls_only_last_layer and last, ones=ones,
+                          rotation=rotation)
     if pooling is not None:
         embedding = sentence_embedding(x, inputs["attention_mask"], pooling)  # (B, H)
         return tf_keras.Model(inputs, {"sentence_embedding": embedding}, name="bert_sentence_encoder")

@@ -22,8 +22,11 @@ neither quantizer nor kernel, and cost at run time only two elementwise multipli
 
 In the study the three lift 0.99384 to 0.99787; where that still misses the thresholds, the mixed-precision
 search (converters/mixed_precision.py) raises the layers that need it, each candidate with GPTQ applied.
-Rotating the feed-forward output layer's 1536-wide input would add ~0.0008 more, but only at run time
-(a float matmul per layer), so it is not done.
+`--equalize rotate` goes further, for users who put fidelity before speed: instead of the smoothing, the
+two LayerNorm outputs of each layer and the feed-forward output layer's input are rotated at run time
+(BlockRotation, blocks of 64 and 32: in the study the cheapest rotations that reach 0.999, 0.99908), a
+float matmul in front of three dense layers per layer; `python -m benchmarks.rotation_cost` measured that
+at about a fifth of MiniLM's latency on an AMX Xeon.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import numpy as np
 SMOOTHING_ALPHA = 0.5
 GPTQ_DAMPING = 0.01  # of the Hessian's mean diagonal, added to it: keeps the inverse well conditioned
 CALIBRATION_TEXTS = 256  # what GPTQ and the smoothing see (at most: samples/ has 203 sentences)
+ROTATION_BLOCKS = (64, 32)  # --equalize rotate: LayerNorm outputs, feed-forward output's input (module docstring)
 
 
 def hadamard(size: int) -> np.ndarray:
@@ -47,6 +51,18 @@ def hadamard(size: int) -> np.ndarray:
     while len(matrix) < size:
         matrix = np.block([[matrix, matrix], [matrix, -matrix]])
     return matrix / math.sqrt(size)
+
+
+def rotation_block(width: int, block: int) -> int:
+    """`block` (a power of two) where it divides the width, else the largest power of two that does (a
+    pruned layer's width)."""
+    return math.gcd(width, block)
+
+
+def block_hadamard(width: int, block: int) -> np.ndarray:
+    """The orthonormal block-diagonal Hadamard matrix over `width` channels that model.BlockRotation applies."""
+    return np.kron(np.eye(width // rotation_block(width, block)),
+                   hadamard(rotation_block(width, block))).astype(np.float32)
 
 
 def head_rotation(width: int, head_size: int) -> np.ndarray:
@@ -110,6 +126,7 @@ class Equalized:
     hessians: dict[str, np.ndarray]  # Dense layer name -> X^T X of its inputs on the calibration text
     texts: int  # calibration texts the smoothing and the Hessians saw
     value_block: int  # the value rotation's Hadamard block
+    rotation: tuple[int, int] | None = None  # run-time rotation blocks (LayerNorm outputs, FFN output's input)
     _cache: dict = field(default_factory=dict)
 
     def refine(self, model_bytes: bytes) -> bytes:
@@ -126,14 +143,22 @@ class Equalized:
             buffer.data = np.frombuffer(_pack_int4(integers) if int4 else integers.tobytes(), np.uint8)
         return quantize._serialize(tflite, fb)
 
-    def manifest(self, model_bytes: bytes, plain_shortfall: float) -> dict:
+    def manifest(self, model_bytes: bytes, plain_shortfall: float | None) -> dict:
         """The manifest's `quantization.equalization` for the model that is shipped."""
         from converters import quantize
 
         schema, fb = quantize._schema()
         tflite = fb.read_model_from_bytearray(bytearray(model_bytes))
-        return {"plain_export_shortfall": round(plain_shortfall, 4),
-                "smoothing": {"alpha": SMOOTHING_ALPHA, "inputs": ["query/key/value", "intermediate"]},
+        if self.rotation:
+            layer_norms, output = self.rotation
+            inputs = {"run_time_rotation": {
+                "inputs": {"query/key/value": f"Hadamard, blocks of {layer_norms}",
+                           "intermediate": f"Hadamard, blocks of {layer_norms}", "output": f"Hadamard, blocks of {output}"},
+                "why": "--equalize rotate: a float matmul in front of each of those layers at run time"}}
+        else:
+            inputs = {"smoothing": {"alpha": SMOOTHING_ALPHA, "inputs": ["query/key/value", "intermediate"]}}
+        shortfall = None if plain_shortfall is None else round(plain_shortfall, 4)  # None: not measured (rotate)
+        return {"plain_export_shortfall": shortfall, **inputs,
                 "value_rotation": f"Hadamard, blocks of {self.value_block}",
                 "gptq": {"texts": self.texts, "layers": len(self._gptq_layers(tflite, schema, fb))}}
 
@@ -201,15 +226,18 @@ def _pack_int4(values: np.ndarray) -> bytes:
 
 
 def equalize(model, rebuild: Callable[[], object], config, calibration: list[dict],
-             log: Callable[[str], None] = lambda message: None) -> Equalized:
-    """`rebuild()` makes the export graph with ChannelScale layers (build_bert(..., smoothing=True));
-    it gets `model`'s weights, smoothed and rotated (see the module docstring). `calibration`: input
-    dicts of real text."""
+             log: Callable[[str], None] = lambda message: None, rotation: tuple[int, int] | None = None) -> Equalized:
+    """`rebuild()` makes the export graph with ChannelScale layers (build_bert(..., smoothing=True)), or
+    with `rotation` its BlockRotation layers (build_bert(..., rotation=rotation)); it gets `model`'s
+    weights, smoothed or rotated, and with the value rotation (see the module docstring). `calibration`:
+    input dicts of real text."""
     names = _dense_names(model)
-    log(f"outlier equalization: smoothing and rotating, then GPTQ's Hessians over {len(calibration)} texts")
-    smoothed = [f"layer_{i}_{part}" for i in range(config.num_layers) for part in ("key", "intermediate")]
+    how = "rotating at run time" if rotation else "smoothing and rotating"
+    log(f"outlier equalization: {how}, then GPTQ's Hessians over {len(calibration)} texts")
+    smoothed = [] if rotation else [f"layer_{i}_{part}" for i in range(config.num_layers)
+                                    for part in ("key", "intermediate")]
     peaks: dict[str, np.ndarray] = {}
-    for rows in _layer_inputs(model, smoothed, calibration):
+    for rows in (_layer_inputs(model, smoothed, calibration) if smoothed else ()):
         for name, value in rows.items():
             peak = np.abs(value).max(0)
             peaks[name] = np.maximum(peaks.get(name, peak), peak)
@@ -219,14 +247,22 @@ def equalize(model, rebuild: Callable[[], object], config, calibration: list[dic
             equalized.get_layer(layer.name).set_weights(layer.get_weights())
     for index in range(config.num_layers):
         p = f"layer_{index}"
-        _smooth(equalized, f"{p}_attention_input_scale", [f"{p}_query", f"{p}_key", f"{p}_value"], peaks[f"{p}_key"])
-        _smooth(equalized, f"{p}_intermediate_input_scale", [f"{p}_intermediate"], peaks[f"{p}_intermediate"])
+        if rotation:
+            _fold_rotation(equalized, [f"{p}_query", f"{p}_key", f"{p}_value", f"{p}_intermediate"], rotation[0])
+            _fold_rotation(equalized, [f"{p}_output"], rotation[1])
+        else:
+            _smooth(equalized, f"{p}_attention_input_scale", [f"{p}_query", f"{p}_key", f"{p}_value"],
+                    peaks[f"{p}_key"])
+            _smooth(equalized, f"{p}_intermediate_input_scale", [f"{p}_intermediate"], peaks[f"{p}_intermediate"])
         _rotate_values(equalized, p, config.head_size)
     hessians: dict[str, np.ndarray] = {}
     for rows in _layer_inputs(equalized, names, calibration):
         for name, value in rows.items():
             hessians[name] = hessians.get(name, 0) + value.T @ value
-    return Equalized(equalized, hessians, len(calibration), config.head_size & -config.head_size)
+    if rotation:  # the blocks as the layers have them (a narrower one where a pruned layer's width asks)
+        rotation = (rotation_block(config.hidden_size, rotation[0]),
+                    min(rotation_block(config.intermediate_in(i), rotation[1]) for i in range(config.num_layers)))
+    return Equalized(equalized, hessians, len(calibration), config.head_size & -config.head_size, rotation)
 
 
 def _smooth(model, scale_layer: str, dense_layers: list[str], input_peak: np.ndarray) -> None:
@@ -237,6 +273,14 @@ def _smooth(model, scale_layer: str, dense_layers: list[str], input_peak: np.nda
     model.get_layer(scale_layer).set_weights([1.0 / s])
     for name, (kernel, bias) in zip(dense_layers, kernels):
         model.get_layer(name).set_weights([kernel * s[:, None], bias])
+
+
+def _fold_rotation(model, dense_layers: list[str], block: int) -> None:
+    """The inverse of the BlockRotation in front of each layer folded into its weights: (x R)(R^T W) = x W."""
+    for name in dense_layers:
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        layer.set_weights([block_hadamard(kernel.shape[0], block).T @ kernel, bias])
 
 
 def _rotate_values(model, prefix: str, head_size: int) -> None:

@@ -77,6 +77,9 @@ class ConvertOptions:
     # A dynamic-int8 or dynamic-int4 export that misses its thresholds is made again with outlier equalization
     # (converters/outliers.py: smoothing, value rotation, GPTQ) before any layer's precision is raised.
     equalize: bool = True
+    # --equalize rotate: always equalize, rotating the dense layers' inputs at run time instead of smoothing
+    # them (closer to float, slower: converters/outliers.py).
+    rotate: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "quantize", QuantizeMode(self.quantize))
@@ -95,6 +98,9 @@ class ConvertOptions:
             raise UsageError("--eval-text-columns and --eval-label-column need --eval FILE")
         object.__setattr__(self, "layer_overrides", tuple(self.layer_overrides))
         check_budget(self.mixed_precision_budget)
+        if self.rotate and not _may_equalize(self):
+            raise UsageError("--equalize rotate is for dynamic-int8 and dynamic-int4 exports without --compat and "
+                             f"without layer overrides (this one: {self.quantize.value})")
         if self.compat is not None and self.buckets:
             raise UsageError(f"--compat {self.compat.value} takes one length: tflite-runtime 2.14 crashes on "
                              f"Arm on the short lengths that buckets add (README: Raspberry Pi)")
@@ -384,7 +390,9 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     # The TensorFlow converter exports the mode itself, or float32 for ai-edge-quantizer (dynamic-int4,
     # per-layer overrides; converters/mixed_precision.py says which), which also steps in when an export
     # misses its thresholds and the mixed-precision search may run.
-    by_converter = converter_makes_it(mode, options.compat, options.layer_overrides)
+    # --equalize rotate is about fidelity: ai-edge-quantizer's per-row word embedding scales move the sentence
+    # embedding less than the converter's one scale per table (README, the error study).
+    by_converter = converter_makes_it(mode, options.compat, options.layer_overrides) and not options.rotate
     export_mode = mode if by_converter else QuantizeMode.FLOAT32
     shown = ",".join(str(length) for length in lengths) if seq_len else "dynamic"
     last = ", last layer [CLS] only" if cls_only else ""
@@ -400,11 +408,16 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     validation_inputs, references = _at_every_length(tokenizer, validation_texts, lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
+        rotate = options.rotate and _may_equalize(options)
         equalized, missed = None, (_shortfall(check, model_bytes, Path(scratch), by_converter, mode)
-                                   if _may_equalize(options) else 0.0)
-        if missed:
+                                   if _may_equalize(options) and not rotate else 0.0)
+        if rotate:
+            log(f"exporting {mode.value} with outlier equalization (run-time rotations, value rotation, GPTQ), "
+                "as --equalize rotate asks")
+        elif missed:
             log(f"the plain {mode.value} export misses its thresholds (shortfall {missed:.3g}); exporting "
                 "again with outlier equalization (smoothing, value rotation, GPTQ)")
+        if rotate or missed:
             from converters import outliers
 
             # Held out from what validation checks: GPTQ fitted to the validation texts would pass them and
@@ -415,11 +428,12 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
             if not texts:
                 raise UsageError("has no sentence that validation does not check already; outlier equalization "
                                  "calibrates on others", options.calibration_file)
+            rotation = outliers.ROTATION_BLOCKS if rotate else None
             equalized = outliers.equalize(
                 model, lambda: build_bert(config, None if options.buckets else seq_len, num_labels, pooling=pooling,
                                           cls_only_last_layer=cls_only, shared_position_table=bool(options.buckets),
-                                          smoothing=True),
-                config, _encode_each(tokenizer, texts, seq_len), log)
+                                          smoothing=not rotate, rotation=rotation),
+                config, _encode_each(tokenizer, texts, seq_len), log, rotation)
             exported = equalized.model  # export_float32() exports this from now on
             with native_output_silenced():
                 model_bytes = export_tflite(exported, seq_len, export_mode, None, options.compat, options.buckets)
@@ -428,7 +442,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         quantized = finish_export(
             model_bytes, export_float32, mode, options.compat, options.layer_overrides, options.mixed_precision,
             options.mixed_precision_budget, check, Path(scratch), log,
-            refine=equalized.refine if equalized else None, calibration=calibration)
+            refine=equalized.refine if equalized else None, calibration=calibration, by_converter=by_converter)
         model_bytes, validation = quantized.model, quantized.validation
         # A classifier's logits become probabilities (a SOFTMAX in the graph); a classifier or sentence embedding
         # carries MediaPipe's metadata in model.tflite itself (converters/mediapipe_metadata.py).
@@ -483,7 +497,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
                       "max_word_chars": source.max_word_chars},
         "ops": ops,
         "quantization": {**quantized.manifest,
-                         **({"equalization": equalized.manifest(model_bytes, missed)} if equalized else {})},
+                         **({"equalization": equalized.manifest(model_bytes, None if rotate else missed)} if equalized else {})},
         "validation": {**validation, "texts": str(options.validation_file or "samples/"), "runtime": runtime},
         **({"evaluation": evaluation} if evaluation is not None else {}),
         "sizes": {"model_bytes": len(model_bytes), "parameters": int(sum(np.prod(w.shape) for w in model.weights))},

@@ -272,3 +272,94 @@ def test_the_manifest_counts_the_gptq_layers_of_the_shipped_model(models):
     assert equalized.manifest(quantized, 2.5)["plain_export_shortfall"] == 2.5
     float_model = export_tflite(equalized.model, SEQ_LEN, QuantizeMode.FLOAT32)
     assert equalized.manifest(float_model, 2.5)["gptq"]["layers"] == 0
+
+
+# --equalize rotate: the dense layers' inputs rotated at run time instead of smoothed.
+ROTATION = (8, 16)  # tiny: hidden 32, intermediate 64
+
+
+@pytest.fixture(scope="module")
+def rotated(models, tiny_config):
+    from converters import outliers
+    from converters.model import build_bert
+
+    model, _ = models
+    calibration = _inputs(np.random.default_rng(0), 24, tiny_config.vocab_size)
+    return outliers.equalize(model, lambda: build_bert(tiny_config, SEQ_LEN, rotation=ROTATION), tiny_config,
+                             calibration, rotation=ROTATION)
+
+
+def test_rotation_keeps_the_float_function_and_spreads_the_outlier_channels(models, rotated):
+    """The model is the same function; each rotated dense input has its planted outlier channels spread
+    over their blocks, so a row's largest value stands less far above the rest (what dynamic int8's row
+    scale has to stretch over)."""
+    from converters.outliers import _layer_inputs
+
+    model, _ = models
+    for example in _inputs(np.random.default_rng(1), 4):
+        before, after = model(example), rotated.model(example)
+        for name in before:
+            np.testing.assert_allclose(after[name].numpy(), before[name].numpy(), atol=2e-5)
+    examples = _inputs(np.random.default_rng(2), 4)
+    names = ["layer_0_query", "layer_1_intermediate"]
+    for plain, turned in zip(_layer_inputs(model, names, examples), _layer_inputs(rotated.model, names, examples)):
+        for name in names:
+            peak = lambda rows: np.median(np.abs(rows).max(1) / np.sqrt((rows ** 2).mean(1)))  # noqa: E731
+            assert peak(turned[name]) < 0.7 * peak(plain[name]), name
+
+
+def test_the_rotations_survive_the_converter_as_float_matmuls(rotated, tiny_config):
+    """Neither the converter's folding nor its quantization may touch the rotation matrices: they stay
+    float matmuls of their own, three per layer, and the dense layers stay int8."""
+    from converters.export import QuantizeMode, export_tflite
+
+    interpreter = _interpreter(export_tflite(rotated.model, SEQ_LEN, QuantizeMode.DYNAMIC_INT8))
+    tensors = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    matmuls = [op for op in ops if op["op_name"] == "BATCH_MATMUL"
+               and all(tensors[i]["dtype"] == np.float32 for i in op["inputs"])]
+    # 3 rotations and attention's 2 per layer
+    assert len(matmuls) == 5 * tiny_config.num_layers
+    dense = [op for op in ops if op["op_name"] == "FULLY_CONNECTED"]
+    assert len(dense) == 6 * tiny_config.num_layers + 1  # q, k, v, attention output, intermediate, output; pooler
+    assert {tensors[op["inputs"][1]]["dtype"] for op in dense} == {np.int8}
+
+
+def test_equalize_rotate_is_followed_by_the_search_where_rotation_is_not_enough(planted, tmp_path):
+    """The planted layer's outlier is a kernel row whose input is always 0: smoothing zeroes the row, a
+    rotation only spreads it over its block (50 / sqrt(8) still sets every scale). So the export with
+    rotations misses, and the search raises the planted layer and nothing else."""
+    lines = []
+    manifest = _convert(planted, tmp_path / "b", log=lines.append, equalize=True, rotate=True).manifest
+    quantization = manifest["quantization"]
+    assert manifest["validation"]["passed"] and quantization["mixed_precision"]["searched"]
+    assert [layer["name"] for layer in quantization["layers"] if layer["precision"] == "float32"] == [PLANTED]
+    # ai-edge-quantizer's from the start (its per-row embedding scales), not the converter's then a search
+    assert quantization["tool"].startswith("ai-edge-quantizer") and "tensorflow_converter" not in quantization
+    equalization = quantization["equalization"]
+    assert equalization["plain_export_shortfall"] is None and "smoothing" not in equalization
+    inputs = equalization["run_time_rotation"]["inputs"]  # tiny: hidden 32 takes blocks of 32, not 64
+    assert (inputs["intermediate"], inputs["output"]) == ("Hadamard, blocks of 32", "Hadamard, blocks of 32")
+    assert equalization["gptq"]["layers"] == 12  # every int8 dense layer: 13 less the raised one
+    assert not any("rotation" in layer["name"] for layer in quantization["layers"])
+    assert any("--equalize rotate" in line for line in lines)
+
+
+def test_equalize_rotate_with_a_mode_it_cannot_serve_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path):
+    from edgebert.errors import UsageError
+
+    for quantize in ("float32", "int8"):
+        with pytest.raises(UsageError) as error:
+            _convert(tiny_checkpoint, tmp_path / "b", quantize=quantize, equalize=True, rotate=True)
+        assert "\n" not in str(error.value) and "--equalize rotate" in str(error.value)
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_cli_takes_equalize_rotate_and_refuses_it_for_float32_in_one_line(tiny_checkpoint, tmp_path):
+    from cli_helpers import error_line, invoke
+
+    out = tmp_path / "b"
+    result = invoke("convert", tiny_checkpoint, "--out", out, "--seq-len", "32", "--quantize", "float32",
+                    "--equalize", "rotate")
+    assert "--equalize rotate is for dynamic-int8 and dynamic-int4" in error_line(result, 2)
+    assert not out.exists()
