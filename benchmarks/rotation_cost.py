@@ -4,18 +4,19 @@
 
 `python -m benchmarks.minilm_error_study` finds that MiniLM's dynamic int8 reaches issue 11's fidelity
 target (min cosine >= 0.999 on SST-2 dev) only when the LayerNorm outputs and the feed-forward output's
-input are rotated too (block-diagonal Hadamard; the cheapest that passes: blocks of 64 on the
-LayerNorm outputs and 32 on the feed-forward output's input; the attention output's rotation folds into
-the value layer and is free). Those three rotations per layer cannot fold into any weight
+input are rotated too (block-diagonal Hadamard; the cheapest that passes in the replay: blocks of 64 on
+the LayerNorm outputs and 32 on the feed-forward output's input; the attention output's rotation folds
+into the value layer and is free). Those three rotations per layer cannot fold into any weight
 (post-LayerNorm BERT adds the LayerNorm output to its residual; GELU sits before the feed-forward
 output), so they run at run time, in float. This measures what they cost on the bundle's own shape
 (layers, hidden and intermediate width, sequence length), before anyone builds them into the export:
 
 - a float graph holding only those rotations, per layer two hidden-wide and one intermediate-wide, each
   followed by an ADD of a graph input so that the converter can fold nothing, in two forms:
-  `fc`, one FULLY_CONNECTED per rotation (the rows cut into blocks), and `kron`, the block's Hadamard
-  as the Kronecker product of two smaller ones (two FULLY_CONNECTED and a TRANSPOSE; the permuted order
-  it leaves would fold into the next layer's weights);
+  `fc`, one FULLY_CONNECTED per rotation (the rows cut into blocks); `bmm`, the same with the matrix
+  tied to a run-time 1, a BATCH_MATMUL, as `convert --equalize rotate` exports it (model.BlockRotation);
+  and `kron`, the block's Hadamard as the Kronecker product of two smaller ones (two FULLY_CONNECTED and
+  a TRANSPOSE; the permuted order it leaves would fold into the next layer's weights);
 - the same graph without the rotations (the ADDs alone), whose time is subtracted;
 - the bundle itself (serving_default, one real sentence padded to its length),
 
