@@ -98,6 +98,8 @@ class ConvertOptions:
             raise UsageError("--eval-text-columns and --eval-label-column need --eval FILE")
         object.__setattr__(self, "layer_overrides", tuple(self.layer_overrides))
         check_budget(self.mixed_precision_budget)
+        if self.rotate:  # rotate is a kind of equalization
+            object.__setattr__(self, "equalize", True)
         if self.rotate and not _may_equalize(self):
             raise UsageError("--equalize rotate is for dynamic-int8 and dynamic-int4 exports without --compat and "
                              f"without layer overrides (this one: {self.quantize.value})")
@@ -408,7 +410,7 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     validation_inputs, references = _at_every_length(tokenizer, validation_texts, lengths)
     with tempfile.TemporaryDirectory(prefix="edgebert-validate-") as scratch:
         check = ExportCheck(model, validation_inputs, mode, references)
-        rotate = options.rotate and _may_equalize(options)
+        rotate = options.rotate  # ConvertOptions checked that the export may be equalized
         equalized, missed = None, (_shortfall(check, model_bytes, Path(scratch), by_converter, mode)
                                    if _may_equalize(options) and not rotate else 0.0)
         if rotate:
