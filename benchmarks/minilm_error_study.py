@@ -147,10 +147,9 @@ def gptq(kernel, hessian, damp=0.01, levels=127):
 def block_hadamard(width, block=None):
     """Orthonormal block-diagonal Hadamard matrix: blocks of `block`, by default the largest power of two
     dividing width."""
-    from converters.outliers import hadamard
+    from converters.outliers import block_hadamard as blocks
 
-    block = block or int(np.gcd(width, 2 ** 30))
-    return np.kron(np.eye(width // block), hadamard(block)).astype(np.float32)
+    return blocks(width, block or int(np.gcd(width, 2 ** 30)))
 
 
 class Study:

@@ -398,9 +398,11 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
     export_mode = mode if by_converter else QuantizeMode.FLOAT32
     shown = ",".join(str(length) for length in lengths) if seq_len else "dynamic"
     last = ", last layer [CLS] only" if cls_only else ""
-    log(f"exporting {export_mode.value} (seq len {shown}{last})")
-    with native_output_silenced():
-        model_bytes = export_tflite(exported, seq_len, export_mode, calibration, options.compat, options.buckets)
+    model_bytes = None  # --equalize rotate exports the rotated model below, and nothing before it
+    if not options.rotate:
+        log(f"exporting {export_mode.value} (seq len {shown}{last})")
+        with native_output_silenced():
+            model_bytes = export_tflite(exported, seq_len, export_mode, calibration, options.compat, options.buckets)
 
     def export_float32() -> bytes:
         with native_output_silenced():
@@ -414,8 +416,8 @@ def convert(source_path: str | Path, out_dir: str | Path, options: ConvertOption
         equalized, missed = None, (_shortfall(check, model_bytes, Path(scratch), by_converter, mode)
                                    if _may_equalize(options) and not rotate else 0.0)
         if rotate:
-            log(f"exporting {mode.value} with outlier equalization (run-time rotations, value rotation, GPTQ), "
-                "as --equalize rotate asks")
+            log(f"exporting {mode.value} with outlier equalization (run-time rotations, value rotation, GPTQ; "
+                f"seq len {shown}{last}), as --equalize rotate asks")
         elif missed:
             log(f"the plain {mode.value} export misses its thresholds (shortfall {missed:.3g}); exporting "
                 "again with outlier equalization (smoothing, value rotation, GPTQ)")
