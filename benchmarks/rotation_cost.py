@@ -112,6 +112,18 @@ def bundle_feed(bundle: Path) -> tuple[dict, dict]:
     return manifest, tokenization.encode(tokenizer, load_sentences(limit=1), seq_len)
 
 
+def _machine() -> str:
+    """The CPU the figures come from, with the features that decide its int8 kernels (AMX, VNNI, dot-product)."""
+    from importlib.metadata import version
+
+    from edgebert import cpu_features
+    from edgebert.device_info import device_facts
+
+    facts = {**device_facts(), **cpu_features.device_facts()}
+    return (f"CPU: {facts['cpu_model']} ({facts['cores']} cores); features {facts['cpu_features']}; int8 kernels "
+            f"{facts['int8_kernels']}; ai-edge-litert {version('ai-edge-litert')}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rotation_cost", description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path, help="a bundle of one fixed length (edgebert convert's output)")
@@ -136,7 +148,8 @@ def main(argv=None) -> int:
     config = manifest["model"]
     layers, hidden, inner = config["num_layers"], config["hidden_size"], config["intermediate_size"]
     seq = manifest["recipe"]["seq_len"]
-    plans = [("adds alone", None, "fc")] + [(f"{form} {a}:{b}", (a, b), form) for a, b in blocks for form in ("fc", "bmm", "kron")]
+    plans = [("adds alone", None, "fc")] + [(f"{form} {a}:{b}", (a, b), form)
+                                            for a, b in blocks for form in ("fc", "bmm", "kron")]
     timed: dict[str, Timed] = {"bundle": Timed(args.bundle / "model.tflite", feed)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, block, form in plans:
@@ -151,8 +164,10 @@ def main(argv=None) -> int:
                 samples[name].append(model.call())
     p50 = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
     lines = [f"{args.bundle.name}: {layers} layers, hidden {hidden}, intermediate {inner}, seq {seq}; "
-             f"bundle p50 {p50['bundle']:.3f} ms, the ADDs alone {p50['adds alone']:.3f} ms ({args.runs} runs, 1 thread)",
-             "", "| rotations | p50 | less the ADDs | share of the bundle's latency |", "|---|---:|---:|---:|"]
+             f"bundle p50 {p50['bundle']:.3f} ms, the ADDs alone {p50['adds alone']:.3f} ms "
+             f"({args.runs} runs, 1 thread)",
+             _machine(), "",
+             "| rotations | p50 | less the ADDs | share of the bundle's latency |", "|---|---:|---:|---:|"]
     for name, _, _ in plans[1:]:
         cost = p50[name] - p50["adds alone"]
         lines.append(f"| {name} | {p50[name]:.3f} ms | {cost:.3f} ms | {cost / p50['bundle']:.1%} |")

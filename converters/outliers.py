@@ -153,7 +153,8 @@ class Equalized:
             layer_norms, output = self.rotation
             inputs = {"run_time_rotation": {
                 "inputs": {"query/key/value": f"Hadamard, blocks of {layer_norms}",
-                           "intermediate": f"Hadamard, blocks of {layer_norms}", "output": f"Hadamard, blocks of {output}"},
+                           "intermediate": f"Hadamard, blocks of {layer_norms}",
+                           "output": f"Hadamard, blocks of {output}"},
                 "why": "--equalize rotate: a float matmul in front of each of those layers at run time"}}
         else:
             inputs = {"smoothing": {"alpha": SMOOTHING_ALPHA, "inputs": ["query/key/value", "intermediate"]}}

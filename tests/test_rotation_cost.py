@@ -45,6 +45,7 @@ def test_rotation_cost_times_a_bundle(tiny_bundle, tmp_path, capsys):
     assert main([str(tiny_bundle), "--blocks", "16:32", "--runs", "3", "--out", str(out)]) == 0
     table = out.read_text()
     assert "2 layers, hidden 32, intermediate 64, seq 32" in table
+    assert "CPU: " in table and "int8 kernels " in table  # every figure names its machine
     assert "| fc 16:32 |" in table and "| kron 16:32 |" in table
 
 
